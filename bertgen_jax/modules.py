@@ -1,0 +1,505 @@
+"""Flax linen modules of BertGeneration (transformers 4.56.2 `modeling_bert_generation.py`).
+
+Parameter names copy the PyTorch attribute names (`embeddings/word_embeddings`,
+`encoder/layer_<i>/attention/self/query`, `.../output/LayerNorm`, ...), so the converter is a
+mechanical rename: Linear `weight` -> Dense `kernel` (transposed), Embedding `weight` ->
+`embedding`, LayerNorm `weight` -> `scale`.
+
+Modes are call arguments, never hidden state: without `cache` a call is a full forward pass; with
+`cache` (a pytree made by `init_cache`) the new tokens are written at `cache["index"]` and attend to
+everything cached so far. Relative position scores use explicit query/key positions, so cached
+decoding gives the same numbers as the full pass for every position type.
+
+Numerics: softmax and LayerNorm statistics run in float32 whatever `dtype` is (transformers runs
+softmax in the activation dtype; that only differs for bfloat16/float16). The additive mask value
+is float32's min, as transformers uses for float32 models.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .activations import ACTIVATIONS, PReLU, XIELU
+from .config import BertGenerationConfig
+
+Array = Any
+MASK_MIN = float(jnp.finfo(jnp.float32).min)
+
+
+def _normal(config: BertGenerationConfig):
+    return nn.initializers.normal(stddev=config.initializer_range)
+
+
+def _dense(config, features, dtype, param_dtype, name=None):
+    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, kernel_init=_normal(config),
+                    bias_init=nn.initializers.zeros, name=name)
+
+
+def _layer_norm(config, dtype, param_dtype):
+    # use_fast_variance=False: two-pass variance as torch computes it.
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=param_dtype,
+                        use_fast_variance=False)
+
+
+def mask_to_bias(mask: Array) -> Array:
+    """1/0 (or bool) mask -> additive float32 bias: 0 where attended, float32 min elsewhere."""
+    return (1.0 - mask.astype(jnp.float32)) * MASK_MIN
+
+
+class Embeddings(nn.Module):
+    """Word + absolute position embeddings, LayerNorm, dropout (no token types)."""
+
+    config: BertGenerationConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.word_embeddings = nn.Embed(c.vocab_size, c.hidden_size, embedding_init=_normal(c),
+                                        dtype=self.dtype, param_dtype=self.param_dtype)
+        self.position_embeddings = nn.Embed(c.max_position_embeddings, c.hidden_size,
+                                            embedding_init=_normal(c), dtype=self.dtype,
+                                            param_dtype=self.param_dtype)
+        self.LayerNorm = _layer_norm(c, self.dtype, self.param_dtype)
+        self.dropout = nn.Dropout(rate=c.hidden_dropout_prob)
+
+    def __call__(self, input_ids, position_ids, deterministic: bool = True):
+        # Absolute positions are added for relative position types too (as in transformers).
+        hidden = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        hidden = self.LayerNorm(hidden)
+        return self.dropout(hidden, deterministic=deterministic)
+
+
+class MultiHeadAttention(nn.Module):
+    """`attention.self` / `crossattention.self`: q, k, v projections and the scores.
+
+    Attributes:
+      config: the model config.
+      relative: use `config.position_embedding_type`'s relative scores (self-attention only;
+        transformers builds cross-attention as absolute).
+    """
+
+    config: BertGenerationConfig
+    relative: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.query = _dense(c, c.hidden_size, self.dtype, self.param_dtype)
+        self.key = _dense(c, c.hidden_size, self.dtype, self.param_dtype)
+        self.value = _dense(c, c.hidden_size, self.dtype, self.param_dtype)
+        if self.relative:
+            self.distance_embedding = nn.Embed(2 * c.max_position_embeddings - 1, c.head_dim,
+                                               embedding_init=_normal(c), dtype=self.dtype,
+                                               param_dtype=self.param_dtype)
+        self.dropout = nn.Dropout(rate=c.attention_probs_dropout_prob)
+
+    def _split_heads(self, x):
+        # [B, T, H] -> [B, heads, T, d]
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, self.config.num_attention_heads, self.config.head_dim).transpose(0, 2, 1, 3)
+
+    def project_key_value(self, states):
+        """Keys and values [B, heads, S, d] of `states` (used to fill caches once)."""
+        return self._split_heads(self.key(states)), self._split_heads(self.value(states))
+
+    def __call__(self, hidden, key, value, bias, query_positions=None, key_positions=None,
+                 layer_head_mask=None, deterministic: bool = True):
+        """Attend `hidden` [B, Tq, H] to `key`/`value` [B, heads, K, d].
+
+        bias: additive float32 mask broadcastable to [B, heads, Tq, K].
+        query_positions [Tq], key_positions [K]: int positions for relative scores.
+        Returns (context [B, Tq, H], probabilities [B, heads, Tq, K]).
+        """
+        c = self.config
+        query = self._split_heads(self.query(hidden))
+        scores = jnp.einsum("bhqd,bhkd->bhqk", query, key).astype(jnp.float32)
+        if self.relative:
+            # distance = l - r, looked up at l - r + P - 1 (transformers' `distance_embedding`).
+            distance = query_positions[:, None] - key_positions[None, :]
+            # Distances beyond the table only occur for masked (future/unwritten) cache slots.
+            index = jnp.clip(distance + c.max_position_embeddings - 1, 0, 2 * c.max_position_embeddings - 2)
+            table = self.distance_embedding(index).astype(query.dtype)  # [Tq, K, d]
+            scores = scores + jnp.einsum("bhld,lrd->bhlr", query, table).astype(jnp.float32)
+            if c.position_embedding_type == "relative_key_query":
+                scores = scores + jnp.einsum("bhrd,lrd->bhlr", key, table).astype(jnp.float32)
+        scores = scores / math.sqrt(c.head_dim) + bias
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = self.dropout(probs, deterministic=deterministic)
+        if layer_head_mask is not None:
+            probs = probs * layer_head_mask.astype(probs.dtype)[None, :, None, None]
+        context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(self.dtype), value.astype(self.dtype))
+        batch, _, length, _ = context.shape
+        context = context.transpose(0, 2, 1, 3).reshape(batch, length, c.hidden_size)
+        return context, probs
+
+
+class DenseResidualNorm(nn.Module):
+    """`attention.output` / `output`: LayerNorm(dropout(dense(x)) + residual)."""
+
+    config: BertGenerationConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.dense = _dense(c, c.hidden_size, self.dtype, self.param_dtype)
+        self.LayerNorm = _layer_norm(c, self.dtype, self.param_dtype)
+        self.dropout = nn.Dropout(rate=c.hidden_dropout_prob)
+
+    def __call__(self, hidden, residual, deterministic: bool = True):
+        return self.LayerNorm(self.dropout(self.dense(hidden), deterministic=deterministic) + residual)
+
+
+class Attention(nn.Module):
+    """`attention` / `crossattention`: MultiHeadAttention named `self` plus `output`."""
+
+    config: BertGenerationConfig
+    relative: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.self = MultiHeadAttention(self.config, self.relative, self.dtype, self.param_dtype)
+        self.output = DenseResidualNorm(self.config, self.dtype, self.param_dtype)
+
+    def __call__(self, hidden, key, value, bias, query_positions=None, key_positions=None,
+                 layer_head_mask=None, deterministic: bool = True):
+        context, probs = self.self(hidden, key, value, bias, query_positions, key_positions,
+                                   layer_head_mask, deterministic)
+        return self.output(context, hidden, deterministic), probs
+
+
+class Intermediate(nn.Module):
+    config: BertGenerationConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.dense = _dense(c, c.intermediate_size, self.dtype, self.param_dtype)
+        if c.hidden_act == "prelu":
+            self.intermediate_act_fn = PReLU(self.param_dtype)
+        elif c.hidden_act == "xielu":
+            self.intermediate_act_fn = XIELU(self.param_dtype)
+        else:
+            self.intermediate_act_fn = ACTIVATIONS[c.hidden_act]
+
+    def __call__(self, hidden):
+        return self.intermediate_act_fn(self.dense(hidden))
+
+
+class Layer(nn.Module):
+    """One post-LN block: self-attention, optional cross-attention, feed-forward."""
+
+    config: BertGenerationConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        relative = c.position_embedding_type != "absolute"
+        self.attention = Attention(c, relative, self.dtype, self.param_dtype)
+        if c.add_cross_attention:
+            self.crossattention = Attention(c, False, self.dtype, self.param_dtype)
+        self.intermediate = Intermediate(c, self.dtype, self.param_dtype)
+        self.output = DenseResidualNorm(c, self.dtype, self.param_dtype)
+
+    def cross_key_value(self, encoder_hidden_states):
+        return self.crossattention.self.project_key_value(encoder_hidden_states)
+
+    def __call__(self, hidden, self_bias, query_positions, key_positions, self_cache=None, cache_index=None,
+                 cross_kv=None, cross_bias=None, layer_head_mask=None, deterministic: bool = True):
+        """Returns (hidden, new_self_cache or None, self_probs, cross_probs or None)."""
+        key, value = self.attention.self.project_key_value(hidden)
+        new_cache = None
+        if self_cache is not None:
+            # Write the new keys/values at the cache index; attend over the whole fixed-size cache.
+            key = jax.lax.dynamic_update_slice(self_cache["key"], key.astype(self_cache["key"].dtype),
+                                               (0, 0, cache_index, 0))
+            value = jax.lax.dynamic_update_slice(self_cache["value"], value.astype(self_cache["value"].dtype),
+                                                 (0, 0, cache_index, 0))
+            new_cache = {"key": key, "value": value}
+        hidden, self_probs = self.attention(hidden, key, value, self_bias, query_positions, key_positions,
+                                            layer_head_mask, deterministic)
+        cross_probs = None
+        if cross_kv is not None:
+            hidden, cross_probs = self.crossattention(hidden, cross_kv[0], cross_kv[1], cross_bias,
+                                                      layer_head_mask=layer_head_mask,
+                                                      deterministic=deterministic)
+        hidden = self.output(self.intermediate(hidden), hidden, deterministic)
+        return hidden, new_cache, self_probs, cross_probs
+
+
+class LayerStack(nn.Module):
+    """`encoder`: the list of layers (`layer_0` ... `layer_{L-1}`)."""
+
+    config: BertGenerationConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.layer = [Layer(self.config, self.dtype, self.param_dtype) for _ in range(self.config.num_hidden_layers)]
+
+    def cross_key_values(self, encoder_hidden_states):
+        return [layer.cross_key_value(encoder_hidden_states) for layer in self.layer]
+
+    def __call__(self, hidden, self_bias, query_positions, key_positions, self_cache=None, cache_index=None,
+                 cross_kvs=None, cross_bias=None, head_mask=None, deterministic=True,
+                 output_hidden_states=False, output_attentions=False):
+        all_hidden, all_self, all_cross, new_caches = [], [], [], []
+        for i, layer in enumerate(self.layer):
+            if output_hidden_states:
+                all_hidden.append(hidden)
+            hidden, layer_cache, self_probs, cross_probs = layer(
+                hidden, self_bias, query_positions, key_positions,
+                self_cache=None if self_cache is None else self_cache[i], cache_index=cache_index,
+                cross_kv=None if cross_kvs is None else cross_kvs[i], cross_bias=cross_bias,
+                layer_head_mask=None if head_mask is None else head_mask[i], deterministic=deterministic)
+            new_caches.append(layer_cache)
+            if output_attentions:
+                all_self.append(self_probs)
+                if cross_probs is not None:
+                    all_cross.append(cross_probs)
+        if output_hidden_states:
+            all_hidden.append(hidden)
+        return {
+            "last_hidden_state": hidden,
+            "hidden_states": tuple(all_hidden) if output_hidden_states else None,
+            "attentions": tuple(all_self) if output_attentions else None,
+            "cross_attentions": tuple(all_cross) if output_attentions and all_cross else None,
+            "self_cache": None if self_cache is None else new_caches,
+        }
+
+
+class BertGenerationModule(nn.Module):
+    """The BertGeneration stack (`BertGenerationEncoder` in transformers): embeddings + layers.
+
+    Causal self-attention when `config.is_decoder`; cross-attention when `config.add_cross_attention`
+    and encoder states (or a cache holding their keys/values) are given.
+    """
+
+    config: BertGenerationConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.embeddings = Embeddings(self.config, self.dtype, self.param_dtype)
+        self.encoder = LayerStack(self.config, self.dtype, self.param_dtype)
+
+    # -------------------------------------------------------------- cache
+    def init_cache(self, batch_size: int, max_length: int, encoder_hidden_states=None,
+                   encoder_attention_mask=None, attention_mask=None):
+        """A fixed-size cache for `max_length` decoder positions.
+
+        {"index": int32 0, "mask": [B, M] key mask (prompt padding), "self": per-layer
+        {"key","value"} [B, heads, M, d] zeros, "cross": {"mask": [B, S], "layers": per-layer
+        {"key","value"} of the encoder states, computed once here}}.
+        """
+        c = self.config
+        shape = (batch_size, c.num_attention_heads, max_length, c.head_dim)
+        self_cache = [{"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
+                      for _ in range(c.num_hidden_layers)]
+        if attention_mask is None:
+            key_mask = jnp.ones((batch_size, max_length), jnp.int32)
+        else:
+            # A prompt mask [B, P] covers the first P slots; generated slots are always attended.
+            attention_mask = jnp.asarray(attention_mask, jnp.int32)
+            pad = max_length - attention_mask.shape[1]
+            key_mask = jnp.concatenate([attention_mask, jnp.ones((batch_size, pad), jnp.int32)], axis=1)
+        cache = {"index": jnp.zeros((), jnp.int32), "mask": key_mask, "self": self_cache}
+        if encoder_hidden_states is not None:
+            if not c.add_cross_attention:
+                raise ValueError("encoder_hidden_states given to a model without cross-attention "
+                                 "(config.add_cross_attention is False)")
+            source_length = encoder_hidden_states.shape[1]
+            if encoder_attention_mask is None:
+                encoder_attention_mask = jnp.ones((batch_size, source_length), jnp.int32)
+            layers = [{"key": k, "value": v} for k, v in self.encoder.cross_key_values(encoder_hidden_states)]
+            cache["cross"] = {"mask": jnp.asarray(encoder_attention_mask, jnp.int32), "layers": layers}
+        return cache
+
+    # -------------------------------------------------------------- forward
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, encoder_hidden_states=None,
+                 encoder_attention_mask=None, head_mask=None, cache=None, deterministic: bool = True,
+                 output_hidden_states: bool = False, output_attentions: bool = False):
+        c = self.config
+        batch, length = input_ids.shape
+        causal = bool(c.is_decoder)
+        if cache is None:
+            past = 0
+            query_positions = jnp.arange(length, dtype=jnp.int32)
+            key_positions = query_positions
+            if attention_mask is None:
+                attention_mask = jnp.ones((batch, length), jnp.int32)
+        else:
+            past = cache["index"]
+            query_positions = past + jnp.arange(length, dtype=jnp.int32)
+            key_positions = jnp.arange(cache["self"][0]["key"].shape[2], dtype=jnp.int32)
+            if attention_mask is None:
+                attention_mask = cache["mask"]
+        if position_ids is None:
+            position_ids = query_positions[None, :]
+
+        mask = jnp.asarray(attention_mask)
+        if mask.ndim == 3:  # [B, Tq, K] given explicitly, as transformers accepts
+            mask = mask[:, None, :, :]
+        else:
+            mask = mask[:, None, None, :]
+            if causal or cache is not None:
+                mask = mask * (key_positions[None, :] <= query_positions[:, None])[None, None]
+        self_bias = mask_to_bias(mask)
+
+        cross_kvs, cross_bias = None, None
+        if cache is not None and "cross" in cache:
+            cross_kvs = [(layer["key"], layer["value"]) for layer in cache["cross"]["layers"]]
+            cross_bias = mask_to_bias(cache["cross"]["mask"][:, None, None, :])
+        elif encoder_hidden_states is not None:
+            if not c.add_cross_attention:
+                raise ValueError("encoder_hidden_states given to a model without cross-attention "
+                                 "(config.add_cross_attention is False)")
+            cross_kvs = self.encoder.cross_key_values(encoder_hidden_states)
+            if encoder_attention_mask is None:
+                encoder_attention_mask = jnp.ones(encoder_hidden_states.shape[:2], jnp.int32)
+            encoder_attention_mask = jnp.asarray(encoder_attention_mask)
+            if encoder_attention_mask.ndim == 3:
+                cross_bias = mask_to_bias(encoder_attention_mask[:, None, :, :])
+            else:
+                cross_bias = mask_to_bias(encoder_attention_mask[:, None, None, :])
+
+        head_mask = _expand_head_mask(head_mask, c)
+        hidden = self.embeddings(input_ids, position_ids, deterministic)
+        outputs = self.encoder(hidden, self_bias, query_positions, key_positions,
+                               self_cache=None if cache is None else cache["self"], cache_index=past,
+                               cross_kvs=cross_kvs, cross_bias=cross_bias, head_mask=head_mask,
+                               deterministic=deterministic, output_hidden_states=output_hidden_states,
+                               output_attentions=output_attentions)
+        if cache is not None:
+            new_cache = dict(cache)
+            new_cache["self"] = outputs.pop("self_cache")
+            new_cache["index"] = cache["index"] + length
+            outputs["cache"] = new_cache
+        else:
+            outputs.pop("self_cache")
+            outputs["cache"] = None
+        return outputs
+
+
+def _expand_head_mask(head_mask, config):
+    """[heads] or [L, heads] -> [L, heads] (transformers' get_head_mask), None stays None."""
+    if head_mask is None:
+        return None
+    head_mask = jnp.asarray(head_mask)
+    if head_mask.ndim == 1:
+        head_mask = jnp.broadcast_to(head_mask[None, :], (config.num_hidden_layers, head_mask.shape[0]))
+    if head_mask.shape != (config.num_hidden_layers, config.num_attention_heads):
+        raise ValueError(
+            f"head_mask has shape {tuple(head_mask.shape)}; expected ({config.num_attention_heads},) or "
+            f"({config.num_hidden_layers}, {config.num_attention_heads})"
+        )
+    return head_mask
+
+
+class LMHead(nn.Module):
+    """`lm_head`: logits = h @ E^T + bias, E the word embeddings when tied (no transform)."""
+
+    config: BertGenerationConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.bias = self.param("bias", nn.initializers.zeros, (c.vocab_size,), self.param_dtype)
+        if not c.tie_word_embeddings:
+            self.decoder = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                                    kernel_init=_normal(c))
+
+    def __call__(self, hidden, word_embeddings=None):
+        if self.config.tie_word_embeddings:
+            logits = jnp.einsum("bth,vh->btv", hidden, word_embeddings.astype(self.dtype))
+        else:
+            logits = self.decoder(hidden)
+        return logits + self.bias.astype(logits.dtype)
+
+
+class DecoderModule(nn.Module):
+    """BertGenerationDecoder: `bert` stack + `lm_head`."""
+
+    config: BertGenerationConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.bert = BertGenerationModule(self.config, self.dtype, self.param_dtype)
+        self.lm_head = LMHead(self.config, self.dtype, self.param_dtype)
+
+    def init_cache(self, batch_size, max_length, encoder_hidden_states=None, encoder_attention_mask=None,
+                   attention_mask=None):
+        return self.bert.init_cache(batch_size, max_length, encoder_hidden_states, encoder_attention_mask,
+                                    attention_mask)
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, encoder_hidden_states=None,
+                 encoder_attention_mask=None, head_mask=None, cache=None, deterministic: bool = True,
+                 output_hidden_states: bool = False, output_attentions: bool = False):
+        outputs = self.bert(input_ids, attention_mask, position_ids, encoder_hidden_states, encoder_attention_mask,
+                            head_mask, cache, deterministic, output_hidden_states, output_attentions)
+        embedding = self.bert.embeddings.word_embeddings.embedding if self.config.tie_word_embeddings else None
+        outputs["logits"] = self.lm_head(outputs["last_hidden_state"], embedding)
+        return outputs
+
+
+class EncoderDecoderModule(nn.Module):
+    """EncoderDecoderModel: `encoder` (BertGeneration stack), `decoder` (with LM head), and
+    `enc_to_dec_proj` when the hidden sizes differ."""
+
+    encoder_config: BertGenerationConfig
+    decoder_config: BertGenerationConfig
+    use_enc_to_dec_proj: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.encoder = BertGenerationModule(self.encoder_config, self.dtype, self.param_dtype)
+        self.decoder = DecoderModule(self.decoder_config, self.dtype, self.param_dtype)
+        if self.use_enc_to_dec_proj:
+            self.enc_to_dec_proj = _dense(self.decoder_config, self.decoder_config.hidden_size, self.dtype,
+                                          self.param_dtype)
+
+    def encode(self, input_ids, attention_mask=None, position_ids=None, head_mask=None, deterministic=True,
+               output_hidden_states=False, output_attentions=False):
+        return self.encoder(input_ids, attention_mask, position_ids, head_mask=head_mask,
+                            deterministic=deterministic, output_hidden_states=output_hidden_states,
+                            output_attentions=output_attentions)
+
+    def project_encoder_states(self, encoder_hidden_states):
+        if self.use_enc_to_dec_proj:
+            return self.enc_to_dec_proj(encoder_hidden_states)
+        return encoder_hidden_states
+
+    def init_cache(self, batch_size, max_length, encoder_hidden_states, encoder_attention_mask=None):
+        states = self.project_encoder_states(encoder_hidden_states)
+        return self.decoder.init_cache(batch_size, max_length, states, encoder_attention_mask)
+
+    def decode(self, decoder_input_ids, encoder_hidden_states=None, encoder_attention_mask=None,
+               decoder_attention_mask=None, decoder_position_ids=None, decoder_head_mask=None, cache=None,
+               deterministic=True, output_hidden_states=False, output_attentions=False):
+        states = None if encoder_hidden_states is None else self.project_encoder_states(encoder_hidden_states)
+        return self.decoder(decoder_input_ids, decoder_attention_mask, decoder_position_ids, states,
+                            encoder_attention_mask, decoder_head_mask, cache, deterministic,
+                            output_hidden_states, output_attentions)
+
+    def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                 position_ids=None, decoder_position_ids=None, head_mask=None, decoder_head_mask=None,
+                 deterministic=True, output_hidden_states=False, output_attentions=False):
+        encoded = self.encode(input_ids, attention_mask, position_ids, head_mask, deterministic,
+                              output_hidden_states, output_attentions)
+        decoded = self.decode(decoder_input_ids, encoded["last_hidden_state"], attention_mask,
+                              decoder_attention_mask, decoder_position_ids, decoder_head_mask, None,
+                              deterministic, output_hidden_states, output_attentions)
+        return encoded, decoded
