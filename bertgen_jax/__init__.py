@@ -10,6 +10,7 @@ from .models import (
     Seq2SeqLMOutput,
     shift_tokens_right,
 )
+from .tokenization import AutoTokenizer, BertGenerationTokenizer
 
 __version__ = "0.1.0"
 
@@ -24,4 +25,6 @@ __all__ = [
     "CausalLMOutput",
     "Seq2SeqLMOutput",
     "shift_tokens_right",
+    "AutoTokenizer",
+    "BertGenerationTokenizer",
 ]

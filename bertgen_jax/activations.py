@@ -83,13 +83,20 @@ class XIELU(nn.Module):
         alpha_n = self.param("alpha_n", nn.initializers.constant(softplus_inverse(0.8 - 0.5)), (1,), self.param_dtype)
         beta = self.param("beta", nn.initializers.constant(0.5), (), self.param_dtype)
         eps = self.param("eps", nn.initializers.constant(-1e-6), (), self.param_dtype)
-        alpha_p = jax.nn.softplus(alpha_p.astype(x.dtype))
-        alpha_n = beta.astype(x.dtype) + jax.nn.softplus(alpha_n.astype(x.dtype))
+        # transformers keeps these in bfloat16 and takes softplus there. Round the same way, with
+        # reduce_precision because XLA may skip bf16 round trips under jit (excess precision).
+        def bf16(value):
+            return jax.lax.reduce_precision(value.astype(jnp.float32), exponent_bits=8, mantissa_bits=7)
+
+        beta = bf16(beta)
+        alpha_p = bf16(jax.nn.softplus(bf16(alpha_p))).astype(x.dtype)
+        alpha_n = bf16(beta + bf16(jax.nn.softplus(bf16(alpha_n)))).astype(x.dtype)
+        eps = bf16(eps).astype(x.dtype)
         beta = beta.astype(x.dtype)
         return jnp.where(
             x > 0,
             alpha_p * x * x + beta * x,
-            (jnp.expm1(jnp.minimum(x, eps.astype(x.dtype))) - x) * alpha_n + beta * x,
+            (jnp.expm1(jnp.minimum(x, eps)) - x) * alpha_n + beta * x,
         )
 
 

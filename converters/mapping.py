@@ -76,10 +76,10 @@ def normalize_legacy_names(state_dict: dict[str, np.ndarray]) -> dict[str, np.nd
     """Old TF-converted BERT checkpoints name LayerNorm parameters gamma/beta (transformers renames them)."""
     out = {}
     for key, value in state_dict.items():
-        if key.endswith(".gamma"):
-            key = key[: -len(".gamma")] + ".weight"
-        elif key.endswith(".beta"):
-            key = key[: -len(".beta")] + ".bias"
+        if key.endswith("LayerNorm.gamma"):
+            key = key[: -len("gamma")] + "weight"
+        elif key.endswith("LayerNorm.beta"):
+            key = key[: -len("beta")] + "bias"
         out[key] = value
     return out
 
