@@ -229,11 +229,14 @@ def test_beam_search_eos_heavy(setup):
     saved = model.lm_head.bias.detach().clone()
     try:
         with torch.no_grad():
-            model.lm_head.bias[5] += 5.0
-        for early_stopping in (True, False):
+            model.lm_head.bias[EOS] += 2.0
+            model.lm_head.bias[5] += 6.0
+        # (True, 1.0): every slot of every item finishes -> stop although the heuristic says go on.
+        # ("never", 2.0): all top 2*num_beams candidates are EOS at some step.
+        for early_stopping, length_penalty in ((True, 1.0), ("never", 2.0), (False, 1.5)):
             _parity(
                 model, stepper, prompt, enc, (EOS, 5), max_length=MAX_LENGTH, num_beams=3,
-                num_return_sequences=3, length_penalty=1.5, early_stopping=early_stopping,
+                num_return_sequences=3, length_penalty=length_penalty, early_stopping=early_stopping,
             )
     finally:
         with torch.no_grad():

@@ -1,0 +1,155 @@
+"""The loss, its gradients and one jitted training step.
+
+Batches are dicts of int32 arrays shaped `[accum, batch, length]`: `input_ids`, `attention_mask`
+(source side) and `labels` (target ids, -100 where ignored). `accum` micro-batches are run one after
+another inside the step (`lax.scan`); the token losses of all of them are summed and divided by the
+total number of label tokens, so the gradient is that of the token-mean loss over the whole
+accumulated batch. With `accum == 1` the loss is exactly transformers' EncoderDecoderModel loss:
+decoder inputs are the labels shifted right with `decoder_start_token_id` (no decoder attention
+mask, as when transformers is given only labels), cross-entropy over labels != -100.
+
+Mixed precision: `compute_dtype=jnp.bfloat16` runs the modules in bfloat16 while params, gradients
+and optimizer state stay float32 (Flax casts each parameter to the compute dtype where it is used);
+softmax, LayerNorm statistics and the loss stay float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..models import IGNORE_INDEX, shift_tokens_right
+from ..modules import EncoderDecoderModule
+
+BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (a pytree: jit-able, shardable, checkpointable)."""
+
+    step: jax.Array  # int32 scalar: optimizer updates done
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32[2]: split once per step for dropout
+
+
+def create_train_state(params, optimizer: optax.GradientTransformation, seed: int = 0) -> TrainState:
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                      rng=jax.random.PRNGKey(seed))
+
+
+def token_losses(logits, labels, label_smoothing: float = 0.0):
+    """Per-token loss [B, T] (0 where labels == -100) and the valid mask.
+
+    With label smoothing eps: (1 - eps) * nll + eps * mean_v(-log p_v), which is transformers'
+    `LabelSmoother` (and torch's CrossEntropyLoss(label_smoothing=eps)).
+    """
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    valid = labels != IGNORE_INDEX
+    safe = jnp.where(valid, labels, 0)
+    loss = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        loss = (1.0 - label_smoothing) * loss - label_smoothing * jnp.mean(log_probs, axis=-1)
+    return jnp.where(valid, loss, 0.0), valid
+
+
+def _module_for(model, compute_dtype):
+    if compute_dtype is None or jnp.dtype(compute_dtype) == model.dtype:
+        return model.module
+    c = model.config
+    return EncoderDecoderModule(c.encoder, c.decoder, c.needs_enc_to_dec_proj, jnp.dtype(compute_dtype),
+                                model.param_dtype)
+
+
+def make_loss_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None):
+    """`loss_sum(params, batch, dropout_rng) -> (sum of token losses, number of label tokens)` for one
+    micro-batch (leaves [B, T]). Pure and jit-able; handles tied encoder/decoder params."""
+    module = _module_for(model, compute_dtype)
+    config = model.config
+
+    def loss_sum(params, batch, dropout_rng):
+        labels = batch["labels"]
+        decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+        rngs = {} if deterministic else {"dropout": dropout_rng}
+        _, decoded = module.apply({"params": model._module_params(params)}, batch["input_ids"],
+                                  batch["attention_mask"], decoder_input_ids, None,
+                                  deterministic=deterministic, rngs=rngs)
+        losses, valid = token_losses(decoded["logits"], labels, label_smoothing)
+        return jnp.sum(losses), jnp.sum(valid).astype(jnp.float32)
+
+    return loss_sum
+
+
+def make_grad_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None):
+    """`grads(params, batch, rng) -> (mean loss, grads, label tokens)` over an accumulated batch
+    (leaves [accum, B, T]): one forward/backward per micro-batch, summed, divided by the tokens."""
+    grad_fn = jax.value_and_grad(make_loss_fn(model, label_smoothing=label_smoothing, deterministic=deterministic,
+                                              compute_dtype=compute_dtype), has_aux=True)
+
+    def grads(params, batch, rng):
+        accum = batch["input_ids"].shape[0]
+
+        def micro_step(carry, xs):
+            grad_sum, loss_sum, count = carry
+            micro_batch, micro_rng = xs
+            (loss, n), g = grad_fn(params, micro_batch, micro_rng)
+            return (jax.tree_util.tree_map(jnp.add, grad_sum, g), loss_sum + loss, count + n), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        micro = {k: batch[k] for k in BATCH_KEYS}
+        (grad_sum, loss_sum, count), _ = jax.lax.scan(micro_step, init, (micro, jax.random.split(rng, accum)))
+        denom = jnp.maximum(count, 1.0)
+        return loss_sum / denom, jax.tree_util.tree_map(lambda g: g / denom, grad_sum), count
+
+    return grads
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, *, label_smoothing: float = 0.0,
+                    deterministic: bool = False, compute_dtype=None, state_sharding=None, batch_sharding=None):
+    """One jitted update `(state, batch) -> (state, metrics)`; `state` is donated (its buffers are
+    reused for the new state, so do not touch the old one). No host sync inside.
+
+    metrics: `loss` (token-mean over the accumulated batch), `label_tokens`, `grad_norm` (before
+    clipping). With shardings given, the step runs under them (see `training.sharding`).
+    """
+    grads_fn = make_grad_fn(model, label_smoothing=label_smoothing, deterministic=deterministic,
+                            compute_dtype=compute_dtype)
+
+    def train_step(state: TrainState, batch):
+        rng, step_rng = jax.random.split(state.rng)
+        loss, grads, count = grads_fn(state.params, batch, step_rng)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "label_tokens": count, "grad_norm": optax.global_norm(grads)}
+        return TrainState(state.step + 1, params, opt_state, rng), metrics
+
+    kwargs: dict = {"donate_argnums": (0,)}
+    if state_sharding is not None:
+        replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+        kwargs.update(in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated))
+    return jax.jit(train_step, **kwargs)
+
+
+def make_eval_step(model, *, compute_dtype=None, params_sharding=None, batch_sharding=None):
+    """Jitted `(params, batch) -> (sum of token cross-entropies, label tokens)` without dropout or
+    label smoothing; sum over batches and divide for the eval loss."""
+    loss_sum = make_loss_fn(model, deterministic=True, compute_dtype=compute_dtype)
+
+    def eval_step(params, batch):
+        micro = {k: batch[k] for k in BATCH_KEYS}
+        sums, counts = jax.lax.map(lambda b: loss_sum(params, b, None), micro)
+        return jnp.sum(sums), jnp.sum(counts)
+
+    kwargs: dict = {}
+    if params_sharding is not None:
+        replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+        kwargs.update(in_shardings=(params_sharding, batch_sharding), out_shardings=(replicated, replicated))
+    return jax.jit(eval_step, **kwargs)
+
