@@ -15,6 +15,7 @@ DEFAULT_PATTERNS = (
     "*.json",
     "*.safetensors",
     "*.bin",
+    "*.msgpack",
     "*.model",
     "*.txt",
 )

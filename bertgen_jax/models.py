@@ -22,6 +22,7 @@ from converters.layouts import decoder_layout, encoder_decoder_layout, encoder_l
 from converters.mapping import ConversionReport, flatten, load_into_tree, tree_to_state_dict, unflatten
 
 from .config import CONFIG_NAME, BertGenerationConfig, EncoderDecoderConfig, read_config_json
+from .flax_format import FLAX_WEIGHTS_NAME, load_flax_params
 from .hub import resolve_model_dir
 from .modules import BertGenerationModule, DecoderModule, EncoderDecoderModule
 
@@ -161,6 +162,16 @@ def _dropout_rngs(deterministic, dropout_rng):
     return {"dropout": dropout_rng}
 
 
+def _has_only_flax_weights(directory) -> bool:
+    if not os.path.isfile(os.path.join(directory, FLAX_WEIGHTS_NAME)):
+        return False
+    try:
+        checkpoint_io.find_weights_files(directory)
+    except FileNotFoundError:
+        return True
+    return False
+
+
 def _resolve_dir(path_or_repo_id, revision, cache_dir, local_files_only):
     return resolve_model_dir(path_or_repo_id, revision=revision, cache_dir=cache_dir,
                              local_files_only=local_files_only)
@@ -255,9 +266,19 @@ class _FlaxModel:
             config = cls._read_config(directory, config_overrides)
         elif config_overrides:
             config = config.copy(**config_overrides)
+        if _has_only_flax_weights(directory):
+            return cls.from_flax_file(os.path.join(directory, FLAX_WEIGHTS_NAME), config, dtype=dtype,
+                                      param_dtype=param_dtype)
         state_dict = checkpoint_io.load_state_dict(directory)
         return cls.from_state_dict(state_dict, config, dtype=dtype, param_dtype=param_dtype, seed=seed,
                                    source=str(path_or_repo_id))
+
+    @classmethod
+    def from_flax_file(cls, path, config, *, dtype=jnp.float32, param_dtype=None):
+        """Build the model from this project's flax_model.msgpack."""
+        model = cls(config, {}, dtype=dtype, param_dtype=param_dtype)
+        model.params = jax.tree_util.tree_map(jnp.asarray, load_flax_params(path, model.param_shapes()))
+        return model
 
     @classmethod
     def from_state_dict(cls, state_dict, config, *, dtype=jnp.float32, param_dtype=None, seed: int = 0,
