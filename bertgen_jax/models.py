@@ -8,6 +8,7 @@ jit-compiled apply, compiled once per set of static flags and input shapes.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from typing import Any, Optional
@@ -23,6 +24,8 @@ from converters.mapping import ConversionReport, flatten, load_into_tree, tree_t
 
 from .config import CONFIG_NAME, BertGenerationConfig, EncoderDecoderConfig, read_config_json
 from .flax_format import FLAX_WEIGHTS_NAME, load_flax_params
+from .generation_api import (GENERATION_CONFIG_NAME, decoder_generate, encoder_decoder_generate,
+                             read_generation_config)
 from .hub import resolve_model_dir
 from .modules import BertGenerationModule, DecoderModule, EncoderDecoderModule
 
@@ -153,6 +156,23 @@ def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
     return jnp.where(shifted == IGNORE_INDEX, pad_token_id, shifted)
 
 
+# ----------------------------------------------------------------------------- decoding steps
+def _decoder_step(module, module_params, params, token_ids, cache):
+    """One cached step of a decoder-only model. Absolute positions follow transformers' generate:
+    cumsum(attention_mask) - 1 (1 on padding), so left-padded prompts get the same positions."""
+    index = cache["index"]
+    positions = jnp.cumsum(cache["mask"], axis=1) - 1
+    position = jnp.where(cache["mask"][:, index] > 0, positions[:, index], 1)
+    out = module.apply({"params": module_params(params)}, token_ids, position_ids=position[:, None].astype(jnp.int32),
+                       cache=cache)
+    return out["logits"][:, -1, :], out["cache"]
+
+
+def _encoder_decoder_step(module, module_params, params, token_ids, cache):
+    out = module.apply({"params": module_params(params)}, token_ids, cache=cache, method=EncoderDecoderModule.decode)
+    return out["logits"][:, -1, :], out["cache"]
+
+
 # ----------------------------------------------------------------------------- base
 def _dropout_rngs(deterministic, dropout_rng):
     if deterministic:
@@ -186,6 +206,7 @@ class _FlaxModel:
         self.param_dtype = jnp.dtype(param_dtype or jnp.float32)
         self.module = self._make_module()
         self._compiled: dict = {}
+        self.generation_config: dict = {}
         self.params = params if params is not None else self.init_params(seed)
 
     # --- subclasses provide
@@ -267,11 +288,14 @@ class _FlaxModel:
         elif config_overrides:
             config = config.copy(**config_overrides)
         if _has_only_flax_weights(directory):
-            return cls.from_flax_file(os.path.join(directory, FLAX_WEIGHTS_NAME), config, dtype=dtype,
-                                      param_dtype=param_dtype)
-        state_dict = checkpoint_io.load_state_dict(directory)
-        return cls.from_state_dict(state_dict, config, dtype=dtype, param_dtype=param_dtype, seed=seed,
-                                   source=str(path_or_repo_id))
+            model = cls.from_flax_file(os.path.join(directory, FLAX_WEIGHTS_NAME), config, dtype=dtype,
+                                       param_dtype=param_dtype)
+        else:
+            state_dict = checkpoint_io.load_state_dict(directory)
+            model = cls.from_state_dict(state_dict, config, dtype=dtype, param_dtype=param_dtype, seed=seed,
+                                        source=str(path_or_repo_id))
+        model.generation_config = read_generation_config(directory)
+        return model
 
     @classmethod
     def from_flax_file(cls, path, config, *, dtype=jnp.float32, param_dtype=None):
@@ -290,6 +314,7 @@ class _FlaxModel:
         model.param_dtype = jnp.dtype(param_dtype or jnp.float32)
         model.module = model._make_module()
         model._compiled = {}
+        model.generation_config = {}
         report = ConversionReport()
         layout_sd, may_initialize = model._layout(state_dict, report)
         params, report = load_into_tree(layout_sd, model.param_shapes(), source=source,
@@ -315,6 +340,21 @@ class _FlaxModel:
         os.makedirs(directory, exist_ok=True)
         checkpoint_io.save_state_dict(self.state_dict(), directory, max_shard_size=max_shard_size)
         self._config_for_save().save_pretrained(directory)
+        if self.generation_config:
+            checkpoint_io.atomic_write_text(os.path.join(directory, GENERATION_CONFIG_NAME),
+                                            json.dumps(self.generation_config, indent=2, sort_keys=True) + "\n")
+
+    # --- generation plumbing: one stable step function per module, so compiled loops are reused
+    @property
+    def tokens_to_logits(self):
+        cached = self.__dict__.get("_step_fn")
+        if cached is None or cached[0] is not self.module:
+            cached = (self.module, functools.partial(self._step_function(), self.module, self._module_params))
+            self.__dict__["_step_fn"] = cached
+        return cached[1]
+
+    def _step_function(self):
+        raise NotImplementedError
 
     def _config_for_save(self):
         return self.config
@@ -435,6 +475,21 @@ class BertGenerationDecoder(_FlaxModel):
         _dropout_rngs(deterministic, dropout_rng)
         return fn(self.params if params is None else params, input_ids, attention_mask, position_ids,
                   encoder_hidden_states, encoder_attention_mask, labels, head_mask, cache, dropout_rng)
+
+    def _step_function(self):
+        return _decoder_step
+
+    def _generation_cache(self, params, attention_mask, *, max_length):
+        return self.module.apply({"params": params}, attention_mask.shape[0], max_length, None, None, attention_mask,
+                                 method=DecoderModule.init_cache)
+
+    def generate(self, input_ids, attention_mask=None, *, params=None, prng_key=None, **kwargs):
+        """Continue the prompts `input_ids` [B, P] (transformers' `generate` semantics; see API.md).
+
+        Returns `.sequences` [B * num_return_sequences, L] (prompt first, pad after EOS) and, for beam
+        search, `.sequences_scores`. The decode is one compiled `lax.while_loop`.
+        """
+        return decoder_generate(self, input_ids, attention_mask, params=params, prng_key=prng_key, **kwargs)
 
     def init_cache(self, batch_size: int, max_length: int, encoder_hidden_states=None, encoder_attention_mask=None,
                    attention_mask=None, *, params=None):
@@ -578,6 +633,24 @@ class EncoderDecoderModel(_FlaxModel):
     def _encode(self, params, input_ids, attention_mask):
         out = self._apply(params, input_ids, attention_mask, method=EncoderDecoderModule.encode)
         return EncoderOutput(out["last_hidden_state"])
+
+    def _step_function(self):
+        return _encoder_decoder_step
+
+    def _generation_cache(self, params, input_ids, attention_mask, *, max_length):
+        # The encoder runs once; cross-attention keys/values are computed once, into the cache.
+        states = self._apply(params, input_ids, attention_mask, method=EncoderDecoderModule.encode)["last_hidden_state"]
+        return self._apply(params, input_ids.shape[0], max_length, states, attention_mask,
+                           method=EncoderDecoderModule.init_cache)
+
+    def generate(self, input_ids, attention_mask=None, *, params=None, prng_key=None, **kwargs):
+        """Generate from `input_ids` [B, S] with transformers' `generate` semantics (API.md lists the
+        options; defaults come from generation_config.json or the config).
+
+        Returns `.sequences` int32 [B * num_return_sequences, L] starting with the decoder start token,
+        padded with pad_token_id after EOS, and `.sequences_scores` for beam search.
+        """
+        return encoder_decoder_generate(self, input_ids, attention_mask, params=params, prng_key=prng_key, **kwargs)
 
     def init_cache(self, batch_size, max_length, encoder_hidden_states, encoder_attention_mask=None, *, params=None):
         """Decoder cache with cross-attention K/V of `encoder_hidden_states` computed once."""
