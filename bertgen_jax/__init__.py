@@ -10,6 +10,7 @@ from .models import (
     Seq2SeqLMOutput,
     shift_tokens_right,
 )
+from .pipeline import pipeline
 from .tokenization import AutoTokenizer, BertGenerationTokenizer
 
 __version__ = "0.1.0"
@@ -27,4 +28,5 @@ __all__ = [
     "shift_tokens_right",
     "AutoTokenizer",
     "BertGenerationTokenizer",
+    "pipeline",
 ]

@@ -102,26 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--output", default=None, help="also write the report as JSON here")
     parity.set_defaults(func=cmd_parity)
 
-    for name, module, help_text in (
-        ("generate", "generate_cli", "generate text from a bert2bert / roberta2roberta checkpoint"),
-        ("train", "training.cli", "fine-tune an encoder-decoder on source/target text pairs"),
-        ("bench", "bench_cli", "benchmark against PyTorch transformers"),
+    for name, module, add, run, help_text in (
+        ("generate", "generate_cli", "add_arguments", "run",
+         "generate text from a bert2bert / roberta2roberta checkpoint"),
+        ("train", "training.cli", "add_train_arguments", "run_train",
+         "fine-tune an encoder-decoder on source/target text pairs"),
+        ("bench", "bench_cli", "add_arguments", "run", "benchmark against PyTorch transformers"),
     ):
-        _add_optional_command(sub, name, module, help_text)
+        _add_command(sub, name, module, add, run, help_text)
     return parser
 
 
-def _add_optional_command(sub, name, module_name, help_text):
-    """Subcommands whose modules provide add_arguments(parser) and run(args)."""
+def _add_command(sub, name, module_name, add_name, run_name, help_text):
+    """Subcommands living in their own modules (imported here, so `bertgen --help` lists them)."""
     import importlib
 
-    try:
-        module = importlib.import_module(f".{module_name}", __package__)
-    except ImportError:
-        return
+    module = importlib.import_module(f".{module_name}", __package__)
     command = sub.add_parser(name, help=help_text, description=getattr(module, "DESCRIPTION", help_text))
-    module.add_arguments(command)
-    command.set_defaults(func=module.run)
+    getattr(module, add_name)(command)
+    command.set_defaults(func=getattr(module, run_name))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -120,7 +120,7 @@ def apply_no_repeat_ngram(logits, sequences, cur_len, ngram_size: int):
     windows = sequences[:, window_idx]  # [N, W, n]
     # The n-1 most recent tokens; windows are only valid when fully inside the prefix
     # (i + n <= cur_len), which implies cur_len - (n - 1) >= 1, so clamping never matters.
-    start = jnp.maximum(cur_len - (n - 1), 0)
+    start = jnp.maximum(jnp.asarray(cur_len, jnp.int32) - (n - 1), 0)
     last = lax.dynamic_slice_in_dim(sequences, start, n - 1, axis=1)  # [N, n-1]
     match = jnp.all(windows[:, :, : n - 1] == last[:, None, :], axis=-1)
     match &= (jnp.arange(num_windows) + n <= cur_len)[None, :]
@@ -306,12 +306,14 @@ def _decode(params, cache, prompt_ids, knobs, rng, *, tokens_to_logits, options:
     num_rows = batch * opts.expand
     max_length = opts.max_length
 
+    for leaf in jax.tree_util.tree_leaves({k: v for k, v in cache.items() if k != "index"}):
+        if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != batch:
+            raise ValueError(
+                f"every cache leaf except 'index' needs the leading batch dim {batch}; got shape {jnp.shape(leaf)}"
+            )
     # [B, ...] -> [B * expand, ...], row b * expand + k (transformers' repeat_interleave).
     cache = _cache_map(lambda x: jnp.repeat(jnp.asarray(x), opts.expand, axis=0), cache, skip_cross=False)
     cache["index"] = jnp.asarray(cache["index"], jnp.int32)
-    for leaf in jax.tree_util.tree_leaves({k: v for k, v in cache.items() if k != "index"}):
-        if leaf.ndim == 0 or leaf.shape[0] != num_rows:
-            raise ValueError(f"every cache leaf except 'index' needs a leading batch dim; got shape {leaf.shape}")
 
     prompt = jnp.repeat(prompt_ids.astype(jnp.int32), opts.expand, axis=0)  # [N, P]
     pad_id = knobs["pad_id"]
@@ -345,7 +347,7 @@ def _decode(params, cache, prompt_ids, knobs, rng, *, tokens_to_logits, options:
             next_tokens = jnp.argmax(scores, axis=-1).astype(jnp.int32)
         if has_eos:
             next_tokens = jnp.where(s.unfinished, next_tokens, pad_id)
-        sequences = lax.dynamic_update_slice(s.sequences, next_tokens[:, None], (0, cur_len))
+        sequences = lax.dynamic_update_slice(s.sequences, next_tokens[:, None], (jnp.int32(0), cur_len))
         # Stopping criteria on the new sequence of length cur_len + 1: EOS, max_length.
         stop = _is_eos(next_tokens, eos_ids) | (cur_len + 1 >= max_length)
         unfinished = s.unfinished & ~stop
@@ -433,7 +435,7 @@ def _beam_search(params, cache, prompt, knobs, rng, tokens_to_logits, opts: _Opt
         topk_source = topk_indices // vocab  # [B, K]
         topk_tokens = (topk_indices % vocab).astype(jnp.int32)
         topk_sequences = gather_beams(s.running_sequences, topk_source)  # [B, K, L]
-        topk_sequences = lax.dynamic_update_slice(topk_sequences, topk_tokens[:, :, None], (0, 0, cur_len))
+        topk_sequences = lax.dynamic_update_slice(topk_sequences, topk_tokens[:, :, None], (jnp.int32(0), jnp.int32(0), cur_len))
 
         # d. stopping criteria on the candidates (length cur_len + 1).
         hits = _is_eos(topk_tokens, eos_ids) | (cur_len + 1 >= max_length)  # [B, K]
@@ -607,7 +609,8 @@ def generate(
     beam = num_beams > 1
     if beam and num_return_sequences > num_beams:
         raise ValueError(
-            f"`num_return_sequences` (={num_return_sequences}) has to be smaller or equal to `num_beams` (={num_beams})."
+            f"`num_return_sequences` (={num_return_sequences}) has to be smaller or equal to "
+            f"`num_beams` (={num_beams})."
         )
     if not beam and not do_sample and num_return_sequences > 1:
         raise ValueError(
@@ -661,7 +664,11 @@ def generate(
     denominators = np.ones((max_length + 1,), np.float32)
     if beam:
         lp = float(length_penalty)
-        denominators[1:] = [np.float32(n**lp) for n in range(1, max_length + 1)]
+        for n in range(1, max_length + 1):
+            try:
+                denominators[n] = np.float32(n**lp)
+            except OverflowError:  # Python raises where float32 would be inf
+                denominators[n] = np.inf
     knobs = {
         "eos_ids": jnp.asarray(np.asarray(eos, np.int32).reshape(-1)),
         "pad_id": jnp.int32(pad_token_id),

@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-torch = pytest.importorskip("torch")
-from transformers import BertGenerationConfig, BertGenerationDecoder  # noqa: E402
-from transformers.generation import logits_process as tlp  # noqa: E402
+import torch
+from transformers import BertGenerationConfig, BertGenerationDecoder
+from transformers.generation import logits_process as tlp
 
-from bertgen_jax import generation as gen  # noqa: E402
+from bertgen_jax import generation as gen
 
 VOCAB = 40
 HIDDEN = 32
@@ -45,7 +45,7 @@ class TorchStepper:
 
     def __call__(self, params, token_ids, cache):
         index = cache["index"]
-        prefix = lax.dynamic_update_slice(cache["self"]["prefix"], token_ids.astype(jnp.int32), (0, index))
+        prefix = lax.dynamic_update_slice(cache["self"]["prefix"], token_ids.astype(jnp.int32), (jnp.int32(0), index))
         logits = jax.pure_callback(
             self._host_logits,
             jax.ShapeDtypeStruct((prefix.shape[0], self.vocab), jnp.float32),
@@ -479,4 +479,8 @@ def test_prompt_and_cache_validation():
         gen.generate(_stub_tokens_to_logits, jnp.zeros((12, 12)), cache, np.zeros((2, 0), np.int32), max_length=5)
     with pytest.raises(ValueError, match="cache"):
         gen.generate(_stub_tokens_to_logits, jnp.zeros((12, 12)), {"self": {}}, np.zeros((2, 1), np.int32),
+                     max_length=5)
+    bad_cache = {"index": 0, "self": {"count": np.zeros((3,), np.int32)}}
+    with pytest.raises(ValueError, match="leading batch dim"):
+        gen.generate(_stub_tokens_to_logits, jnp.zeros((12, 12)), bad_cache, np.zeros((2, 1), np.int32),
                      max_length=5)

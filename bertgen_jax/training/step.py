@@ -5,8 +5,9 @@ Batches are dicts of int32 arrays shaped `[accum, batch, length]`: `input_ids`, 
 another inside the step (`lax.scan`); the token losses of all of them are summed and divided by the
 total number of label tokens, so the gradient is that of the token-mean loss over the whole
 accumulated batch. With `accum == 1` the loss is exactly transformers' EncoderDecoderModel loss:
-decoder inputs are the labels shifted right with `decoder_start_token_id` (no decoder attention
-mask, as when transformers is given only labels), cross-entropy over labels != -100.
+decoder inputs are the labels shifted right with `decoder_start_token_id`, the decoder attention
+mask is `decoder_input_ids != pad_token_id` (as transformers builds it from labels), cross-entropy
+over labels != -100.
 
 Mixed precision: `compute_dtype=jnp.bfloat16` runs the modules in bfloat16 while params, gradients
 and optimizer state stay float32 (Flax casts each parameter to the compute dtype where it is used);
@@ -76,9 +77,10 @@ def make_loss_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = T
     def loss_sum(params, batch, dropout_rng):
         labels = batch["labels"]
         decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+        decoder_attention_mask = (decoder_input_ids != config.pad_token_id).astype(jnp.int32)
         rngs = {} if deterministic else {"dropout": dropout_rng}
         _, decoded = module.apply({"params": model._module_params(params)}, batch["input_ids"],
-                                  batch["attention_mask"], decoder_input_ids, None,
+                                  batch["attention_mask"], decoder_input_ids, decoder_attention_mask,
                                   deterministic=deterministic, rngs=rngs)
         losses, valid = token_losses(decoded["logits"], labels, label_smoothing)
         return jnp.sum(losses), jnp.sum(valid).astype(jnp.float32)

@@ -1,0 +1,59 @@
+"""Train-state checkpoints with orbax-checkpoint.
+
+Each step directory holds two items: `state` (the `TrainState` pytree: params, optimizer state,
+step, rng; sharded arrays are written and read shard by shard) and `meta` (JSON: the data loader's
+position and anything else the trainer wants back). orbax writes a step into a temporary directory
+and renames it into place only once everything is on disk, so a crash mid-save leaves the previous
+checkpoint as the latest one; leftover temporary directories are removed when a manager is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """A thin wrapper over `ocp.CheckpointManager` for (TrainState, JSON metadata) pairs."""
+
+    def __init__(self, directory: str, *, max_to_keep: Optional[int] = 3):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+                                               enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state, meta: dict) -> None:
+        """Write (and commit) checkpoint `step`; blocks until it is on disk."""
+        self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                             meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, abstract_state, step: Optional[int] = None) -> tuple[Any, dict]:
+        """Read checkpoint `step` (default: the latest) into the structure, dtypes and shardings of
+        `abstract_state` (a TrainState of arrays or jax.ShapeDtypeStruct with `.sharding`)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        target = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), abstract_state)
+        restored = self.manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                           meta=ocp.args.JsonRestore()))
+        return restored["state"], dict(restored["meta"])
+
+    def close(self) -> None:
+        self.manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,152 @@
+"""`bertgen train`: argument definitions and the command itself.
+
+    bertgen train --model PATH | --encoder X --decoder Y --train-file F [--eval-file F]
+                  --output-dir D [--mesh data=N,fsdp=M] [--resume] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .data import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help="an EncoderDecoderModel directory or hub id to fine-tune")
+    model.add_argument("--encoder", help="warm start: BERT-style checkpoint for the encoder (with --decoder)")
+    model.add_argument("--decoder", help="warm start: BERT-style checkpoint for the decoder (with --encoder)")
+    model.add_argument("--tokenizer", help="tokenizer directory or id (default: --model, else --encoder)")
+    model.add_argument("--tie-encoder-decoder", action="store_true", help="warm start with shared encoder/decoder")
+    model.add_argument("--no-dropout", action="store_true", help="train without dropout")
+    model.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 master params")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--train-file", required=True, help="JSONL, CSV or TSV with source and target columns")
+    data.add_argument("--eval-file", help="held-out pairs (same format) for eval loss and generated samples")
+    data.add_argument("--source-column", default="source")
+    data.add_argument("--target-column", default="target")
+    data.add_argument("--max-source-length", type=int, default=128)
+    data.add_argument("--max-target-length", type=int, default=128)
+
+    opt = parser.add_argument_group("optimization")
+    opt.add_argument("--output-dir", required=True, help="checkpoints, logs, loss curve and the exported model")
+    opt.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch, over all devices")
+    opt.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer update")
+    opt.add_argument("--epochs", type=int, default=1)
+    opt.add_argument("--max-steps", type=int, help="optimizer updates (overrides --epochs)")
+    opt.add_argument("--learning-rate", "--lr", type=float, default=5e-5)
+    opt.add_argument("--weight-decay", type=float, default=0.0)
+    opt.add_argument("--warmup-steps", type=int)
+    opt.add_argument("--warmup-ratio", type=float, default=0.0)
+    opt.add_argument("--max-grad-norm", type=float, default=1.0, help="global-norm clipping (0: off)")
+    opt.add_argument("--label-smoothing", type=float, default=0.0)
+    opt.add_argument("--seed", type=int, default=0)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--mesh", help="device mesh, e.g. data=8 or data=2,fsdp=4 (default: data over all devices)")
+    run.add_argument("--distributed", action="store_true",
+                     help="multi-host: call jax.distributed.initialize() first (TPU pods, SLURM, or JAX_* env)")
+    run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+    run.add_argument("--log-every", type=int, default=10)
+    run.add_argument("--eval-every", type=int, default=0, help="steps between evals (0: start and end only)")
+    run.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: end only)")
+    run.add_argument("--keep-checkpoints", type=int, default=3)
+    run.add_argument("--eval-samples", type=int, default=0,
+                     help="on eval, generate for this many eval sources and report BLEU / exact match")
+    run.add_argument("--num-beams", type=int, default=1)
+    run.add_argument("--max-new-tokens", type=int, default=64)
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _special_ids(tokenizer) -> dict:
+    """Start / end / pad ids a warm-started bert2bert (or BertGeneration) model needs."""
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.cls_token_id is not None else tokenizer.eos_token_id
+    if start is None or end is None or tokenizer.pad_token_id is None:
+        raise DataError("the tokenizer needs [CLS]/[SEP] (or BOS/EOS) and a pad token to warm-start a model")
+    return {"start": start, "end": end, "pad": tokenizer.pad_token_id}
+
+
+def load_model_and_tokenizer(args):
+    from .. import AutoTokenizer, EncoderDecoderModel
+
+    if bool(args.model) == bool(args.encoder or args.decoder):
+        raise DataError("pass either --model PATH, or --encoder X and --decoder Y")
+    if not args.model and not (args.encoder and args.decoder):
+        raise DataError("--encoder and --decoder go together")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model or args.encoder)
+    if args.model:
+        return EncoderDecoderModel.from_pretrained(args.model), tokenizer
+    ids = _special_ids(tokenizer)
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+        args.encoder, args.decoder, decoder_start_token_id=ids["start"], pad_token_id=ids["pad"],
+        encoder_bos_token_id=ids["start"], encoder_eos_token_id=ids["end"], encoder_pad_token_id=ids["pad"],
+        decoder_bos_token_id=ids["start"], decoder_eos_token_id=ids["end"], decoder_pad_token_id=ids["pad"],
+        tie_encoder_decoder=args.tie_encoder_decoder)
+    return model, tokenizer
+
+
+def train_config_from_args(args):
+    from .trainer import TrainConfig
+
+    return TrainConfig(
+        output_dir=args.output_dir, max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio,
+        max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing, dropout=not args.no_dropout,
+        bf16=args.bf16, seed=args.seed, mesh=args.mesh, log_every=args.log_every, eval_every=args.eval_every,
+        save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
+        eval_samples=args.eval_samples, max_source_length=args.max_source_length,
+        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, progress=not args.no_progress)
+
+
+def run_train(args) -> int:
+    """Run `bertgen train`; returns the exit code (0 done, 1 bad input, 130 interrupted by Ctrl-C)."""
+    try:
+        if args.distributed:
+            from .sharding import initialize_distributed
+
+            initialize_distributed()
+        from .data import load_pairs
+        from .trainer import Trainer
+
+        model, tokenizer = load_model_and_tokenizer(args)
+        start = model.config.decoder_start_token_id
+        data_kwargs = dict(tokenizer=tokenizer, source_column=args.source_column, target_column=args.target_column,
+                           max_source_length=args.max_source_length, max_target_length=args.max_target_length,
+                           decoder_start_token_id=start, progress=not args.no_progress)
+        train_data = load_pairs(args.train_file, **data_kwargs)
+        eval_data = load_pairs(args.eval_file, **data_kwargs) if args.eval_file else None
+        trainer = Trainer(model, tokenizer, train_data, train_config_from_args(args), eval_data=eval_data)
+        result = trainer.train()
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"bertgen train: error: {err}", file=sys.stderr)
+        return 1
+    if result.interrupted:
+        return 130
+    summary = f"done: {result.step} steps"
+    if result.train_loss is not None:
+        summary += f", train loss {result.train_loss:.4f}"
+    if result.eval_loss is not None:
+        summary += f", eval loss {result.eval_loss:.4f}"
+    for key, value in result.eval_scores.items():
+        summary += f", {key} {value:.2f}"
+    if result.export_dir:
+        summary += f"; model saved to {result.export_dir}"
+    print(summary)
+    return 0
+
+
+def main(argv=None) -> int:  # `python -m bertgen_jax.training.cli ...` until `bertgen train` is wired
+    parser = add_train_arguments(argparse.ArgumentParser(prog="bertgen train", description="Fine-tune a model."))
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

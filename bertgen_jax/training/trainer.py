@@ -1,0 +1,401 @@
+"""The fine-tuning loop: sharded jitted steps, progress bar, eval, checkpoints, TensorBoard, export.
+
+Output directory layout:
+
+    checkpoints/<step>/     orbax train state (params, optimizer state, step, rng) + data position
+    tensorboard/            event files (train/loss, train/lr, train/grad_norm, train/tokens_per_s,
+                            eval/loss, eval/bleu, eval/exact_match, eval/samples)
+    metrics.jsonl           every logged value, one JSON object per line
+    loss_curve.png          train and eval loss against step
+    model/                  the fine-tuned model (transformers format, `save_pretrained`) + tokenizer
+
+Ctrl-C finishes the step in flight, saves a checkpoint and returns (`TrainResult.interrupted`);
+a second Ctrl-C aborts at once. `resume=True` continues from the latest checkpoint to the same
+result an uninterrupted run gives (same data order, dropout rngs and optimizer state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import sharding as sh
+from .checkpoint import Checkpointer
+from .data import BatchLoader, BatchPosition, TokenizedData, count_tokens
+from .optim import OptimizerConfig, learning_rate_at, make_optimizer
+from .step import TrainState, create_train_state, make_eval_step, make_train_step
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    output_dir: str
+    max_steps: Optional[int] = None  # optimizer updates; default: epochs x batches per epoch
+    epochs: int = 1
+    batch_size: int = 8  # examples per micro-batch, over all devices
+    grad_accum: int = 1  # micro-batches per update
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: Optional[int] = None
+    warmup_ratio: float = 0.0
+    max_grad_norm: Optional[float] = 1.0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    label_smoothing: float = 0.0
+    dropout: bool = True
+    bf16: bool = False
+    seed: int = 0
+    mesh: Optional[str] = None  # "data=N,fsdp=M"
+    log_every: int = 10
+    eval_every: int = 0  # 0: at the start and the end only
+    save_every: int = 0  # 0: at the end (and on Ctrl-C) only
+    keep_checkpoints: int = 3
+    resume: bool = False
+    eval_batch_size: Optional[int] = None
+    eval_samples: int = 0  # > 0: generate for this many eval sources and score them (needs model.generate)
+    max_source_length: int = 128
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    progress: bool = True
+    export: bool = True
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    interrupted: bool
+    train_loss: Optional[float]
+    eval_loss: Optional[float]
+    eval_scores: dict
+    export_dir: Optional[str]
+    history: list
+
+
+class _StopOnInterrupt:
+    """First SIGINT sets `requested` (the loop saves and stops); a second one raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    """Fine-tunes an `EncoderDecoderModel` on tokenized pairs (see `training.data`).
+
+    `model.params` is replaced by the trained params at the end (or on Ctrl-C).
+    `step_callback(step)` is called on the host after each dispatched step (tests, custom hooks).
+    """
+
+    def __init__(self, model, tokenizer, train_data: TokenizedData, config: TrainConfig,
+                 eval_data: Optional[TokenizedData] = None, step_callback: Optional[Callable[[int], None]] = None):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.train_data, self.eval_data = train_data, eval_data
+        self.step_callback = step_callback
+        self.is_main = jax.process_index() == 0
+        c = config
+        self.mesh = sh.make_mesh(**sh.parse_mesh(c.mesh))
+        divisor = sh.batch_divisor(self.mesh)
+        for name, size in (("batch size", c.batch_size), ("eval batch size", c.eval_batch_size or c.batch_size)):
+            if size % divisor:
+                raise ValueError(f"{name} {size} must be a multiple of data x fsdp = {divisor} (the mesh "
+                                 f"{dict(self.mesh.shape)})")
+        pad_id = model.config.encoder.pad_token_id
+        if pad_id is None:
+            pad_id = tokenizer.pad_token_id
+        self.loader = BatchLoader(train_data, batch_size=c.batch_size, accum=c.grad_accum, seed=c.seed,
+                                  pad_token_id=pad_id)
+        self.eval_loader = None if eval_data is None else BatchLoader(
+            eval_data, batch_size=c.eval_batch_size or c.batch_size, seed=c.seed, shuffle=False, pad_token_id=pad_id)
+        self.total_steps = c.max_steps if c.max_steps is not None else c.epochs * len(self.loader)
+        if self.total_steps <= 0:
+            raise ValueError(f"nothing to train: {self.total_steps} steps")
+        warmup = c.warmup_steps if c.warmup_steps is not None else int(math.ceil(c.warmup_ratio * self.total_steps))
+        self.optimizer_config = OptimizerConfig(
+            learning_rate=c.learning_rate, weight_decay=c.weight_decay, b1=c.adam_b1, b2=c.adam_b2, eps=c.adam_eps,
+            max_grad_norm=c.max_grad_norm, warmup_steps=warmup, total_steps=self.total_steps)
+        self.optimizer = make_optimizer(self.optimizer_config, model.params)
+        compute_dtype = jnp.bfloat16 if c.bf16 else None
+
+        init = lambda params: create_train_state(params, self.optimizer, c.seed)  # noqa: E731
+        self.state_sharding = sh.state_shardings(jax.eval_shape(init, model.params), self.optimizer, self.mesh)
+        self.batch_sharding = sh.batch_sharding(self.mesh)
+        self._init_state = jax.jit(init, out_shardings=self.state_sharding)
+        self.train_step = make_train_step(model, self.optimizer, label_smoothing=c.label_smoothing,
+                                          deterministic=not c.dropout, compute_dtype=compute_dtype,
+                                          state_sharding=self.state_sharding, batch_sharding=self.batch_sharding)
+        self.eval_step = make_eval_step(model, compute_dtype=compute_dtype,
+                                        params_sharding=self.state_sharding.params, batch_sharding=self.batch_sharding)
+        self.history: list[dict] = []
+        self._writer = None
+
+    # ------------------------------------------------------------------ paths
+    def path(self, *parts) -> str:
+        return os.path.join(self.config.output_dir, *parts)
+
+    # ------------------------------------------------------------------ state
+    def _abstract_state(self):
+        shapes = jax.eval_shape(lambda p: create_train_state(p, self.optimizer, self.config.seed), self.model.params)
+        return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                      shapes, self.state_sharding)
+
+    def _start(self, checkpointer: Checkpointer) -> tuple[TrainState, BatchPosition]:
+        latest = checkpointer.latest_step()
+        if latest is not None and not self.config.resume:
+            raise ValueError(f"{checkpointer.directory} already holds checkpoints (latest step {latest}); "
+                             "pass resume (--resume) to continue, or use another output directory")
+        if self.config.resume and latest is not None:
+            state, meta = checkpointer.restore(self._abstract_state(), latest)
+            if meta.get("total_steps") not in (None, self.total_steps):
+                logger.warning("resuming a run planned for %s steps with %s steps", meta["total_steps"],
+                               self.total_steps)
+            self.history = [h for h in _read_jsonl(self.path("metrics.jsonl")) if h.get("step", 0) <= latest]
+            if self.is_main:  # drop what was logged after the checkpoint: those steps run again
+                _write_jsonl(self.path("metrics.jsonl"), self.history)
+            self._message(f"resumed from step {latest} ({checkpointer.directory})")
+            return state, BatchPosition.from_dict(meta["data_position"])
+        return self._init_state(self.model.params), BatchPosition()
+
+    def _save(self, checkpointer: Checkpointer, state: TrainState, position: BatchPosition) -> None:
+        step = int(state.step)
+        if step in checkpointer.all_steps():
+            return
+        checkpointer.save(step, state, {"data_position": position.to_dict(), "total_steps": self.total_steps,
+                                        "seed": self.config.seed})
+
+    # ------------------------------------------------------------------ logging
+    def _message(self, text: str) -> None:
+        if self.is_main and self.config.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(text)
+        logger.info(text)
+
+    def _record(self, entry: dict) -> None:
+        self.history.append(entry)
+        if not self.is_main:
+            return
+        with open(self.path("metrics.jsonl"), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        if self._writer is not None:
+            for key, value in entry.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._writer.add_scalar(key, value, entry["step"])
+            self._writer.flush()
+
+    def _open_writer(self, start_step: int) -> None:
+        if not self.is_main:
+            return
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(self.path("tensorboard"), purge_step=start_step or None)
+
+    # ------------------------------------------------------------------ eval
+    def evaluate(self, params, step: int) -> tuple[Optional[float], dict]:
+        """Eval loss over the eval set (and generation scores when `eval_samples` > 0)."""
+        if self.eval_loader is None:
+            return None, {}
+        total, count = 0.0, 0.0
+        for _, batch in self.eval_loader.batches(epochs=1):
+            loss_sum, n = self.eval_step(params, sh.shard_batch(batch, self.batch_sharding))
+            total, count = total + float(loss_sum), count + float(n)
+        eval_loss = total / max(count, 1.0)
+        entry = {"step": step, "eval/loss": eval_loss}
+        scores: dict = {}
+        if self.config.eval_samples > 0:
+            scores = self._generation_scores(params, step)
+            entry.update({f"eval/{k}": v for k, v in scores.items()})
+        self._record(entry)
+        text = f"step {step}: eval loss {eval_loss:.4f}"
+        if scores:
+            text += "; " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
+        self._message(text)
+        return eval_loss, scores
+
+    def _generation_scores(self, params, step: int) -> dict:
+        from .evaluate import evaluate_generation, format_samples
+
+        examples = self.eval_data.examples[: self.config.eval_samples]
+        sources = [e.source for e in examples]
+        references = [e.target for e in examples]
+        scores, predictions = evaluate_generation(
+            self.model, self.tokenizer, sources, references, params=params,
+            max_source_length=self.config.max_source_length, max_new_tokens=self.config.max_new_tokens,
+            num_beams=self.config.num_beams, batch_size=self.config.eval_batch_size or self.config.batch_size)
+        samples = format_samples(sources, predictions, references, limit=3)
+        self._message(f"step {step}: generated samples\n{samples}")
+        if self._writer is not None:
+            self._writer.add_text("eval/samples", samples.replace("\n", "  \n"), step)
+        return scores
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> TrainResult:
+        c = self.config
+        os.makedirs(c.output_dir, exist_ok=True)
+        checkpointer = Checkpointer(self.path("checkpoints"), max_to_keep=c.keep_checkpoints)
+        try:
+            return self._train(checkpointer)
+        finally:
+            checkpointer.close()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    def _train(self, checkpointer: Checkpointer) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        c = self.config
+        state, position = self._start(checkpointer)
+        step = int(state.step)
+        self._open_writer(step)
+        self._message(f"training {self.total_steps} steps ({len(self.loader)} batches of "
+                      f"{self.loader.examples_per_batch} per epoch) on mesh {dict(self.mesh.shape)}; "
+                      + sh.describe(self.model.params, self.state_sharding.params))
+        eval_loss, scores = None, {}
+        if step == 0 and self.eval_loader is not None:
+            eval_loss, scores = self.evaluate(state.params, step)
+
+        batches = self.loader.batches(position)
+        bar = tqdm(total=self.total_steps, initial=step, desc="training", unit="step", disable=not (
+            c.progress and self.is_main), dynamic_ncols=True)
+        pending, window_tokens, window_start = [], 0, time.perf_counter()
+        train_loss, interrupted = None, False
+        with _StopOnInterrupt() as stop:
+            try:
+                while step < self.total_steps:
+                    next_position, batch = next(batches)
+                    window_tokens += count_tokens(batch)
+                    state, metrics = self.train_step(state, sh.shard_batch(batch, self.batch_sharding))
+                    step, position = step + 1, next_position
+                    pending.append(metrics)
+                    bar.update(1)
+                    if self.step_callback is not None:
+                        self.step_callback(step)
+                    if step % c.log_every == 0 or step == self.total_steps or stop.requested:
+                        fetched = jax.device_get(pending)
+                        elapsed = time.perf_counter() - window_start
+                        train_loss = float(np.mean([m["loss"] for m in fetched]))
+                        entry = {"step": step, "train/loss": train_loss,
+                                 "train/grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+                                 "train/lr": float(learning_rate_at(self.optimizer_config, step - 1)),
+                                 "train/tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+                        self._record(entry)
+                        bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{entry['train/tokens_per_s']:.0f}",
+                                        lr=f"{entry['train/lr']:.2e}")
+                        pending, window_tokens, window_start = [], 0, time.perf_counter()
+                    if c.eval_every and step % c.eval_every == 0 and step < self.total_steps:
+                        eval_loss, scores = self.evaluate(state.params, step)
+                    if c.save_every and step % c.save_every == 0:
+                        self._save(checkpointer, state, position)
+                    if stop.requested:
+                        interrupted = True
+                        break
+            except KeyboardInterrupt:
+                # A second Ctrl-C, or one outside the step: save only if the state is intact.
+                interrupted = True
+                if any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree_util.tree_leaves(state)):
+                    bar.close()
+                    raise
+            finally:
+                bar.close()
+
+        self._save(checkpointer, state, position)
+        self.model.params = _to_host(state.params)
+        export_dir = None
+        if interrupted:
+            self._message(f"interrupted at step {step}: checkpoint saved in {checkpointer.directory}; "
+                          "run again with --resume to continue")
+        else:
+            if self.eval_loader is not None:
+                eval_loss, scores = self.evaluate(state.params, step)
+            if c.export and self.is_main:
+                export_dir = self.export(self.path("model"))
+        if self.is_main:
+            self.plot(self.path("loss_curve.png"))
+        return TrainResult(step, interrupted, train_loss, eval_loss, scores, export_dir, list(self.history))
+
+    # ------------------------------------------------------------------ outputs
+    def export(self, directory: str) -> str:
+        """The model (transformers format) and the tokenizer, loadable by `from_pretrained`."""
+        self.model.save_pretrained(directory)
+        if hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(directory)
+        self._message(f"exported the fine-tuned model to {directory}")
+        return directory
+
+    def plot(self, path: str) -> Optional[str]:
+        """Train (and eval) loss against step as a PNG."""
+        train = [(h["step"], h["train/loss"]) for h in self.history if "train/loss" in h]
+        evals = [(h["step"], h["eval/loss"]) for h in self.history if "eval/loss" in h]
+        if not train and not evals:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(7, 4.5), dpi=100)
+        axes = figure.add_subplot()
+        if train:
+            axes.plot(*zip(*train), label="train loss", color="tab:blue")
+        if evals:
+            axes.plot(*zip(*evals), "o-", label="eval loss", color="tab:orange")
+        axes.set_xlabel("step")
+        axes.set_ylabel("cross-entropy (nats / token)")
+        axes.set_title("bertgen fine-tuning")
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        tmp = path + ".tmp.png"
+        figure.savefig(tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _write_jsonl(path: str, entries: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(entry) + "\n" for entry in entries)
+    os.replace(tmp, path)
+
+
+def _to_host(tree):
+    """Device arrays -> numpy (gathered from every process on multi-host meshes)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)

@@ -1,0 +1,431 @@
+"""Fine-tuning: gradients and AdamW against PyTorch, accumulation, resume, crash-safe checkpoints,
+a tiny copy task through `bertgen train`, and clear errors for bad data files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from bertgen_jax import AutoTokenizer, EncoderDecoderModel
+from bertgen_jax.training import (
+    BatchLoader, DataError, OptimizerConfig, TrainConfig, Trainer, create_train_state, decay_mask, load_pairs,
+    make_grad_fn, make_loss_fn, make_optimizer, make_train_step, read_examples,
+)
+from bertgen_jax.training.cli import add_train_arguments, run_train
+from bertgen_jax.training.evaluate import generate_texts, score_texts
+from converters.mapping import flatten, torch_key, tree_to_state_dict
+
+from conftest import batch, tiny_config, tiny_encoder_decoder
+
+POSITION_TYPES = ["absolute", "relative_key", "relative_key_query"]
+WORDS = [f"w{i}" for i in range(94)]  # with 5 special tokens: a 99-token vocabulary, as the tiny models have
+
+
+# ----------------------------------------------------------------------------- helpers
+def _load(torch_model, save_dir, name="m"):
+    path = save_dir(name)
+    torch_model.save_pretrained(path)
+    return EncoderDecoderModel.from_pretrained(path)
+
+
+def _labelled_batch(seed=0):
+    ids, mask = batch(seed=seed, batch_size=3, length=9)
+    labels, label_mask = batch(seed=seed + 1, batch_size=3, length=7)
+    labels[label_mask == 0] = -100
+    labels[0, -1] = -100  # a row with its own length
+    return ids, mask, labels
+
+
+def _jax_batch(ids, mask, labels):
+    return {"input_ids": jnp.asarray(ids[None], jnp.int32), "attention_mask": jnp.asarray(mask[None], jnp.int32),
+            "labels": jnp.asarray(labels[None], jnp.int32)}
+
+
+def _torch_loss(tm, ids, mask, labels):
+    return tm(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels),
+              use_cache=False).loss
+
+
+def _relative_error(ours, theirs) -> float:
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    return float(np.max(np.abs(ours - theirs)) / max(np.max(np.abs(theirs)), 1e-30))
+
+
+def write_tokenizer(directory) -> str:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "vocab.txt"), "w") as handle:
+        handle.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as handle:
+        json.dump({"tokenizer_class": "BertTokenizer", "do_lower_case": True}, handle)
+    return str(directory)
+
+
+def write_copy_task(path, n, seed) -> str:
+    """Copy task: the target is the source (3-7 random words)."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as handle:
+        for _ in range(n):
+            text = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 8))))
+            handle.write(json.dumps({"source": text, "target": text}) + "\n")
+    return str(path)
+
+
+def write_tiny_model(directory, seed=0) -> str:
+    """A tiny bert2bert with transformers' own initialisation; [CLS] (2) starts decoding, [PAD] is 0."""
+    torch.manual_seed(seed)
+    special = dict(pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    enc = transformers.BertGenerationEncoder(tiny_config(**special))
+    dec = transformers.BertGenerationDecoder(tiny_config(is_decoder=True, add_cross_attention=True, **special))
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(
+        enc.config, dec.config, decoder_start_token_id=2, pad_token_id=0)
+    transformers.EncoderDecoderModel(config=config, encoder=enc, decoder=dec).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def copy_task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("copy")
+    return {"tokenizer": write_tokenizer(root / "tokenizer"), "model": write_tiny_model(root / "model"),
+            "train": write_copy_task(root / "train.jsonl", 256, seed=0),
+            "eval": write_copy_task(root / "eval.jsonl", 32, seed=1), "root": root}
+
+
+# ----------------------------------------------------------------------------- gradients and loss
+@pytest.mark.parametrize("position_embedding_type", POSITION_TYPES)
+def test_gradients_match_pytorch(position_embedding_type, save_dir):
+    tm = tiny_encoder_decoder(seed=3, position_embedding_type=position_embedding_type)
+    fm = _load(tm, save_dir)
+    ids, mask, labels = _labelled_batch()
+    loss_t = _torch_loss(tm, ids, mask, labels)
+    loss_t.backward()
+
+    loss, grads, count = jax.jit(make_grad_fn(fm))(fm.params, _jax_batch(ids, mask, labels), jax.random.PRNGKey(0))
+    assert int(count) == int((labels != -100).sum())
+    assert abs(float(loss) - float(loss_t)) <= 1e-5 * max(1.0, abs(float(loss_t)))
+    ours = tree_to_state_dict(jax.device_get(grads))
+    assert len(ours) == len(list(tm.parameters()))  # every (untied) parameter has a gradient
+    _assert_grads_match(ours, tm)
+
+
+def _assert_grads_match(ours, tm):
+    """Relative error <= 1e-4 per parameter. Attention key biases have an exactly zero gradient
+    (softmax ignores a constant added to every score of a row) where scores are q.k only: both
+    sides are float noise there, checked against the largest gradient instead."""
+    theirs = {key: tm.get_parameter(key).grad.numpy() for key in ours}
+    scale = max(float(np.max(np.abs(g))) for g in theirs.values())
+    noise_only = 0
+    for key, value in ours.items():
+        if np.max(np.abs(theirs[key])) <= 1e-6 * scale:
+            assert key.endswith("self.key.bias"), key
+            assert np.max(np.abs(value)) <= 1e-6 * scale, key
+            noise_only += 1
+        else:
+            assert _relative_error(value, theirs[key]) <= 1e-4, (key, _relative_error(value, theirs[key]))
+    assert noise_only <= 8
+
+
+def test_tied_encoder_decoder_gradients_match_pytorch(save_dir):
+    tm = tiny_encoder_decoder(seed=4, tie_encoder_decoder=True)
+    fm = _load(tm, save_dir)
+    ids, mask, labels = _labelled_batch(seed=5)
+    _torch_loss(tm, ids, mask, labels).backward()
+    _, grads, _ = jax.jit(make_grad_fn(fm))(fm.params, _jax_batch(ids, mask, labels), jax.random.PRNGKey(0))
+    assert "encoder" not in grads  # one shared copy gets the gradient of both uses
+    _assert_grads_match(tree_to_state_dict(jax.device_get(grads)), tm)
+
+
+def test_label_smoothing_matches_transformers_label_smoother(save_dir):
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    tm = tiny_encoder_decoder(seed=6)
+    fm = _load(tm, save_dir)
+    ids, mask, labels = _labelled_batch(seed=7)
+    with torch.no_grad():
+        out = tm(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
+        expected = LabelSmoother(epsilon=0.1)(out, torch.tensor(labels))
+    micro_batch = {k: v[0] for k, v in _jax_batch(ids, mask, labels).items()}
+    loss_sum, count = make_loss_fn(fm, label_smoothing=0.1)(fm.params, micro_batch, None)
+    assert abs(float(loss_sum / count) - float(expected)) <= 1e-5
+
+
+def test_gradient_accumulation_is_the_token_mean_over_all_micro_batches(save_dir):
+    fm = _load(tiny_encoder_decoder(seed=8), save_dir)
+    ids, mask, labels = _labelled_batch(seed=9)
+    ids2, mask2, labels2 = _labelled_batch(seed=11)
+    labels2[:, 4:] = -100  # a micro-batch with fewer tokens: a mean of means would weigh it wrongly
+    whole = {"input_ids": np.concatenate([ids, ids2])[None], "attention_mask": np.concatenate([mask, mask2])[None],
+             "labels": np.concatenate([labels, labels2])[None]}
+    split = {k: v.reshape((2, 3) + v.shape[2:]) for k, v in whole.items()}
+    grad_fn = jax.jit(make_grad_fn(fm))
+    loss_a, grads_a, _ = grad_fn(fm.params, whole, jax.random.PRNGKey(0))
+    loss_b, grads_b, _ = grad_fn(fm.params, split, jax.random.PRNGKey(0))
+    assert abs(float(loss_a) - float(loss_b)) <= 1e-6
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(grads_a))
+    for a, b in zip(jax.tree_util.tree_leaves(grads_a), jax.tree_util.tree_leaves(grads_b)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale)
+
+
+# ----------------------------------------------------------------------------- optimizer
+def test_weight_decay_mask_matches_trainer(save_dir):
+    tm = tiny_encoder_decoder(seed=1)
+    fm = _load(tm, save_dir)
+    decayed = set(transformers.Trainer.get_decay_parameter_names(None, tm))
+    for path, decays in flatten(decay_mask(fm.params)).items():
+        assert decays == (torch_key(path) in decayed), torch_key(path)
+    assert any(flatten(decay_mask(fm.params)).values()) and not all(flatten(decay_mask(fm.params)).values())
+
+
+def test_adamw_steps_match_pytorch(save_dir):
+    tm = tiny_encoder_decoder(seed=2).train()
+    for module in tm.modules():  # no dropout: the two runs must see the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    fm = _load(tm, save_dir)
+    hp = dict(learning_rate=3e-3, weight_decay=0.1, b1=0.8, b2=0.95, eps=1e-6, max_grad_norm=0.5,
+              warmup_steps=1, total_steps=4)
+    decayed = set(transformers.Trainer.get_decay_parameter_names(None, tm))
+    named = dict(tm.named_parameters())
+    groups = [{"params": [p for n, p in named.items() if n in decayed], "weight_decay": hp["weight_decay"]},
+              {"params": [p for n, p in named.items() if n not in decayed], "weight_decay": 0.0}]
+    torch_opt = torch.optim.AdamW(groups, lr=hp["learning_rate"], betas=(hp["b1"], hp["b2"]), eps=hp["eps"])
+    schedule = transformers.get_linear_schedule_with_warmup(torch_opt, hp["warmup_steps"], hp["total_steps"])
+
+    optimizer = make_optimizer(OptimizerConfig(**hp), fm.params)
+    state = create_train_state(fm.params, optimizer)
+    step = make_train_step(fm, optimizer, deterministic=True)
+    for i in range(3):
+        ids, mask, labels = _labelled_batch(seed=20 + i)
+        loss = _torch_loss(tm, ids, mask, labels)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(tm.parameters(), hp["max_grad_norm"])
+        torch_opt.step()
+        schedule.step()
+        torch_opt.zero_grad()
+        state, metrics = step(state, _jax_batch(ids, mask, labels))
+        assert abs(float(metrics["loss"]) - float(loss)) <= 1e-4
+        assert abs(float(metrics["grad_norm"]) - float(norm)) <= 1e-4 * float(norm)
+        assert float(norm) > hp["max_grad_norm"]  # clipping is exercised
+    assert int(state.step) == 3
+    ours = tree_to_state_dict(jax.device_get(state.params))
+    start = tree_to_state_dict(fm.params)
+    for key, value in ours.items():
+        theirs = tm.get_parameter(key).detach().numpy()
+        moved = np.max(np.abs(theirs - start[key]))
+        # Adam moves each weight by ~lr per step whatever the gradient; compare to that scale.
+        assert np.max(np.abs(value - theirs)) <= 1e-3 * hp["learning_rate"] + 1e-6 * np.max(np.abs(theirs)), key
+        assert moved > 0, key
+
+
+def test_bf16_compute_keeps_float32_params(save_dir):
+    fm = _load(tiny_encoder_decoder(seed=12), save_dir)
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3, total_steps=10), fm.params)
+    ids, mask, labels = _labelled_batch(seed=13)
+    losses = {}
+    for name, dtype in (("f32", None), ("bf16", jnp.bfloat16)):
+        state = create_train_state(fm.params, optimizer)
+        state, metrics = make_train_step(fm, optimizer, compute_dtype=dtype, deterministic=True)(
+            state, _jax_batch(ids, mask, labels))
+        losses[name] = float(metrics["loss"])
+        assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))
+    assert abs(losses["bf16"] - losses["f32"]) <= 0.05 * losses["f32"]
+
+
+# ----------------------------------------------------------------------------- data
+def test_batches_are_bucketed_deterministic_and_resumable(copy_task):
+    tokenizer = AutoTokenizer.from_pretrained(copy_task["tokenizer"])
+    data = load_pairs(copy_task["train"], tokenizer, decoder_start_token_id=2, progress=False)
+    assert len(data) == 256 and all(label[0] != 2 and label[-1] == 3 for label in data.labels)
+    loader = BatchLoader(data, batch_size=8, accum=2, seed=5, pad_token_id=0, pad_to_multiple_of=4)
+    assert len(loader) == 16
+    epoch = [b for _, b in zip(range(16), loader.batches())]
+    again = [b for _, b in zip(range(16), BatchLoader(data, batch_size=8, accum=2, seed=5, pad_token_id=0,
+                                                      pad_to_multiple_of=4).batches())]
+    assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(epoch, again))
+    seen = sorted(tuple(row[row != 0]) for b in epoch for row in b["input_ids"].reshape(-1, b["input_ids"].shape[-1]))
+    assert seen == sorted(tuple(s) for s in data.sources)  # one epoch = every example once
+    assert {b["input_ids"].shape[:2] for b in epoch} == {(2, 8)}
+    assert len({b["input_ids"].shape[-1] for b in epoch}) > 1  # length buckets
+    other_seed = next(BatchLoader(data, batch_size=8, accum=2, seed=6, pad_token_id=0).batches())[1]
+    assert not np.array_equal(other_seed["labels"][0, 0], epoch[0]["labels"][0, 0])
+    # resume mid-epoch 1
+    positions = [p for p, _ in zip((p for p, _ in loader.batches()), range(21))]
+    resumed = next(loader.batches(positions[19]))[1]
+    straight = [b for _, b in zip(range(21), loader.batches())][20]
+    assert positions[19].epoch == 1 and np.array_equal(resumed["labels"], straight["labels"])
+
+
+def _bad(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_bad_data_files_name_file_and_line(tmp_path, copy_task):
+    tokenizer = AutoTokenizer.from_pretrained(copy_task["tokenizer"])
+    cases = {
+        _bad(tmp_path, "missing.jsonl", '{"source": "w1", "target": "w2"}\n\n{"source": "w3"}\n'):
+            ["missing.jsonl", "line 3", "'target'"],
+        _bad(tmp_path, "badjson.jsonl", '{"source": "w1", "target": "w2"}\n{"source": \n'): ["line 2", "invalid JSON"],
+        _bad(tmp_path, "empty.jsonl", "\n\n"): ["empty.jsonl", "empty"],
+        _bad(tmp_path, "empty.csv", ""): ["empty.csv", "empty"],
+        _bad(tmp_path, "header.csv", "src,target\nw1,w2\n"): ["header.csv", "line 1", "'source'"],
+        _bad(tmp_path, "fields.tsv", "source\ttarget\nw1\tw2\nw3\n"): ["fields.tsv", "line 3"],
+        _bad(tmp_path, "number.jsonl", '{"source": 5, "target": "w2"}\n'): ["line 1", "must be text"],
+        _bad(tmp_path, "notext.csv", 'source,target\nw1,w2\n"w3\nw4",w5\n"   ",w6\n'):
+            ["notext.csv", "line 5", "source", "tokenizes to nothing"],
+        _bad(tmp_path, "notext.jsonl", '{"source": "w1", "target": "[SEP]"}\n'): ["line 1", "target", "nothing"],
+        str(tmp_path / "absent.jsonl"): ["absent.jsonl", "no such file"],
+        _bad(tmp_path, "data.txt", "w1\n"): ["data.txt", "extension"],
+    }
+    for path, fragments in cases.items():
+        with pytest.raises(DataError) as info:
+            load_pairs(path, tokenizer, progress=False)
+        for fragment in fragments:
+            assert fragment in str(info.value), (path, str(info.value))
+    # multi-line CSV records keep the right line numbers for the rows after them
+    assert [e.line for e in read_examples(_bad(tmp_path, "ok.csv", 'source,target\n"a\nb",c\nd,e\n'))] == [2, 4]
+
+
+def test_cli_reports_bad_data_in_one_line(tmp_path, copy_task, capsys):
+    bad = _bad(tmp_path, "bad.tsv", "source\ttarget\nw1\tw2\n\t\n")
+    args = add_train_arguments(argparse.ArgumentParser()).parse_args(
+        ["--model", copy_task["model"], "--tokenizer", copy_task["tokenizer"], "--train-file", bad,
+         "--output-dir", str(tmp_path / "out"), "--no-progress"])
+    assert run_train(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.tsv, line 3" in err and "tokenizes to nothing" in err
+
+
+# ----------------------------------------------------------------------------- the loop
+def _trainer(copy_task, output_dir, **overrides):
+    tokenizer = AutoTokenizer.from_pretrained(copy_task["tokenizer"])
+    model = EncoderDecoderModel.from_pretrained(copy_task["model"])
+    data = load_pairs(copy_task["train"], tokenizer, decoder_start_token_id=2, progress=False)
+    small = type(data)(data.path, data.sources[:14], data.labels[:14], data.examples[:14])
+    config = dict(output_dir=str(output_dir), max_steps=6, batch_size=4, learning_rate=3e-3, weight_decay=0.01,
+                  warmup_steps=2, log_every=1, progress=False, export=False, seed=3)
+    config.update(overrides.pop("config", {}))
+    return Trainer(model, tokenizer, small, TrainConfig(**config), **overrides)
+
+
+def test_resume_gives_the_same_result_as_a_straight_run(copy_task, tmp_path):
+    # 14 examples in batches of 4: 4 batches an epoch, so step 3 is mid-epoch and 6 is in epoch 2.
+    straight = _trainer(copy_task, tmp_path / "straight")
+    result = straight.train()
+    assert result.step == 6 and not result.interrupted
+
+    def interrupt(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: finish the step, save, stop
+
+    first = _trainer(copy_task, tmp_path / "resumed", step_callback=interrupt).train()
+    assert first.interrupted and first.step == 3
+    assert os.path.isdir(tmp_path / "resumed" / "checkpoints" / "3")
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        _trainer(copy_task, tmp_path / "resumed").train()
+    second_trainer = _trainer(copy_task, tmp_path / "resumed", config={"resume": True})
+    second = second_trainer.train()
+    assert second.step == 6 and not second.interrupted
+    for a, b in zip(jax.tree_util.tree_leaves(straight.model.params), jax.tree_util.tree_leaves(second_trainer.model.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+    losses = lambda r: [h["train/loss"] for h in r.history if "train/loss" in h]  # noqa: E731
+    np.testing.assert_allclose(losses(second), losses(result), rtol=1e-6)
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import jax.numpy as jnp
+    import orbax.checkpoint._src.path.atomicity as atomicity
+    from bertgen_jax.training.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(sys.argv[1])
+    ckpt.save(1, {"w": jnp.arange(6.0), "step": jnp.asarray(1)}, {"data_position": {"epoch": 0, "batch": 1}})
+
+    async def crash(self):  # everything is written; die before the commit (the rename)
+        os._exit(17)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = crash
+    ckpt.save(2, {"w": jnp.arange(6.0) * 2, "step": jnp.asarray(2)}, {"data_position": {"epoch": 0, "batch": 2}})
+    sys.exit(0)
+""")
+
+
+def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path):
+    from bertgen_jax.training.checkpoint import Checkpointer
+
+    directory = str(tmp_path / "ckpt")
+    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, directory], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 17, proc.stderr[-2000:]
+    assert any(name.startswith("2") and name != "2" for name in os.listdir(directory))  # the uncommitted write
+    abstract = {"w": jax.ShapeDtypeStruct((6,), jnp.float32), "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    with Checkpointer(directory) as ckpt:
+        assert ckpt.latest_step() == 1
+        state, meta = ckpt.restore(abstract)
+        np.testing.assert_array_equal(state["w"], np.arange(6.0))
+        assert meta["data_position"] == {"epoch": 0, "batch": 1}
+        ckpt.save(2, {"w": jnp.ones(6), "step": jnp.asarray(2)}, {"data_position": {"epoch": 0, "batch": 2}})
+        assert ckpt.latest_step() == 2
+    assert sorted(os.listdir(directory)) == ["1", "2"]
+
+
+def test_copy_task_through_the_command_line(copy_task, tmp_path):
+    out = tmp_path / "run"
+    args = add_train_arguments(argparse.ArgumentParser()).parse_args(
+        ["--model", copy_task["model"], "--tokenizer", copy_task["tokenizer"], "--train-file", copy_task["train"],
+         "--eval-file", copy_task["eval"], "--output-dir", str(out), "--batch-size", "16", "--max-steps", "160",
+         "--learning-rate", "3e-3", "--warmup-steps", "10", "--weight-decay", "0.01", "--save-every", "80",
+         "--eval-every", "80", "--log-every", "20", "--no-progress", "--no-dropout"])
+    assert run_train(args) == 0
+    history = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    evals = [h["eval/loss"] for h in history if "eval/loss" in h]
+    assert len(evals) == 3 and evals[-1] < 0.4 * evals[0], evals  # at 0, 80 and 160 steps
+    assert sorted(os.listdir(out / "checkpoints")) == ["160", "80"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(out / "tensorboard"))
+    assert open(out / "loss_curve.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # the export loads in transformers with every key, and gives the loss we measured
+    tm = transformers.EncoderDecoderModel.from_pretrained(out / "model")
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    data = load_pairs(copy_task["eval"], tokenizer, decoder_start_token_id=2, progress=False)
+    ids = [list(s) for s in data.sources[:4]]
+    src = np.zeros((4, max(map(len, ids))), np.int64)
+    for i, row in enumerate(ids):
+        src[i, :len(row)] = row
+    labels = np.full((4, max(len(t) for t in data.labels[:4])), -100, np.int64)
+    for i, row in enumerate(data.labels[:4]):
+        labels[i, :len(row)] = row
+    with torch.no_grad():
+        loss_t = _torch_loss(tm.eval(), src, (src != 0).astype(np.int64), labels)
+    fm = EncoderDecoderModel.from_pretrained(out / "model")
+    assert abs(float(fm(src, (src != 0).astype(np.int64), labels=labels).loss) - float(loss_t)) <= 1e-4
+    assert float(loss_t) < 0.4 * evals[0]
+
+
+# ----------------------------------------------------------------------------- generation-based eval
+class _EchoModel:
+    """Stands in for a model with `generate`: returns the start token followed by the input."""
+
+    def generate(self, input_ids, attention_mask, *, max_new_tokens, num_beams, params=None):
+        sequences = np.concatenate([np.full((input_ids.shape[0], 1), 2), np.where(attention_mask > 0, input_ids, 0)], 1)
+        return argparse.Namespace(sequences=sequences[:, : max_new_tokens + 1])
+
+
+def test_generation_eval_plumbing(copy_task):
+    tokenizer = AutoTokenizer.from_pretrained(copy_task["tokenizer"])
+    sources = ["w1 w2 w3", "w4 w5", "w6"]
+    assert generate_texts(_EchoModel(), tokenizer, sources, batch_size=2, max_new_tokens=10) == sources
+    scores = score_texts(["w1 w2 w3 w4", "w5 w6"], ["w1 w2 w3 w4", "w5 w7"])
+    assert scores["exact_match"] == 50.0 and 0 < scores["bleu"] < 100
+    assert score_texts(["a b c d"], ["a b c d"])["bleu"] == pytest.approx(100.0)
