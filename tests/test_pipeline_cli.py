@@ -1,0 +1,79 @@
+"""Text in, text out: pipeline("text2text-generation") and `bertgen generate` on a tiny saved model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bertgen_jax import AutoTokenizer, EncoderDecoderModel, pipeline
+
+from conftest import randomize_, tiny_encoder_decoder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, minilm_dir):
+    """A tiny bert2bert over MiniLM's real WordPiece vocab, with its tokenizer files beside it."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    tm = tiny_encoder_decoder(seed=110, vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id,
+                              bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+    randomize_(tm, seed=111, scale=0.4)
+    tm.config.decoder_start_token_id = tok.cls_token_id
+    tm.config.pad_token_id = tok.pad_token_id
+    path = str(tmp_path_factory.mktemp("b2b"))
+    tm.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, tm, tok
+
+
+TEXTS = ["The cat sat on the mat.", "JAX compiles the loop once.", "Short one."]
+
+
+def test_pipeline_matches_transformers_generate_and_decode(model_dir):
+    path, tm, tok = model_dir
+    pipe = pipeline("text2text-generation", model=path)
+    results = pipe(TEXTS, max_new_tokens=8, num_beams=2)
+    assert [set(r) for r in results] == [{"generated_text"}] * 3
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = tm.generate(batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=8, num_beams=2)
+    expected = tok.batch_decode(ref, skip_special_tokens=True)
+    assert [r["generated_text"] for r in results] == expected
+    single = pipe(TEXTS[0], max_new_tokens=8, num_beams=2)
+    assert single == [results[0]]
+    several = pipe(TEXTS[:2], max_new_tokens=8, num_beams=3, num_return_sequences=2)
+    assert len(several) == 2 and all(len(r) == 2 for r in several)
+
+
+def test_cli_generate_arguments_and_stdin(model_dir):
+    path, _, _ = model_dir
+    pipe = pipeline("text2text-generation", model=path)
+    expected = [r["generated_text"] for r in pipe(TEXTS, max_new_tokens=6)]
+    cmd = [sys.executable, "-m", "bertgen_jax.cli", "generate", "--model", path, "--max-new-tokens", "6"]
+    out = subprocess.run(cmd + TEXTS, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == expected
+    out = subprocess.run(cmd, input="\n".join(TEXTS) + "\n", capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == expected
+
+
+def test_cli_generate_errors_are_one_line(tmp_path, model_dir):
+    path, _, _ = model_dir
+    result = subprocess.run([sys.executable, "-m", "bertgen_jax.cli", "generate", "--model", str(tmp_path / "missing"),
+                             "hello"], capture_output=True, text=True)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing" in lines[0] and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "bertgen_jax.cli", "generate", "--model", path,
+                             "--num-beams", "2", "--num-return-sequences", "3", "hi"], capture_output=True, text=True)
+    assert result.returncode == 1 and "num_return_sequences" in result.stderr.strip().splitlines()[-1]
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = subprocess.run([sys.executable, "-m", "bertgen_jax.cli", "generate", "--model", path, "--num-beams",
+                             "two", "hi"], capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid int value" in result.stderr
