@@ -223,7 +223,15 @@ class _FlaxModel:
         raise NotImplementedError
 
     # --- params
+    quantization = None  # a QuantizationConfig when the stored kernels are int8/int4 (see quantization.py)
+
     def _module_params(self, params):
+        """The tree the linen module sees, built inside the jitted function: quantized kernels are
+        dequantized here (so only the small integers are stored), tied weights expanded."""
+        if self.quantization is not None:
+            from .quantization import dequantize_tree
+
+            params = dequantize_tree(params, self.dtype)
         return params
 
     def param_shapes(self) -> dict:
@@ -390,7 +398,8 @@ class BertGenerationEncoder(_FlaxModel):
 
     def _forward(self, params, input_ids, attention_mask, position_ids, head_mask, dropout_rng, *,
                  deterministic, output_hidden_states, output_attentions):
-        out = self.module.apply({"params": params}, input_ids, attention_mask, position_ids, head_mask=head_mask,
+        out = self.module.apply({"params": self._module_params(params)}, input_ids, attention_mask, position_ids,
+                                head_mask=head_mask,
                                 deterministic=deterministic, output_hidden_states=output_hidden_states,
                                 output_attentions=output_attentions, rngs=_dropout_rngs(deterministic, dropout_rng))
         return EncoderOutput(out["last_hidden_state"], out["hidden_states"], out["attentions"])
@@ -437,7 +446,8 @@ class BertGenerationDecoder(_FlaxModel):
     def _forward(self, params, input_ids, attention_mask, position_ids, encoder_hidden_states,
                  encoder_attention_mask, labels, head_mask, cache, dropout_rng, *, deterministic,
                  output_hidden_states, output_attentions):
-        out = self.module.apply({"params": params}, input_ids, attention_mask, position_ids, encoder_hidden_states,
+        out = self.module.apply({"params": self._module_params(params)}, input_ids, attention_mask, position_ids,
+                                encoder_hidden_states,
                                 encoder_attention_mask, head_mask, cache, deterministic, output_hidden_states,
                                 output_attentions, rngs=_dropout_rngs(deterministic, dropout_rng))
         loss = None if labels is None else causal_lm_loss(out["logits"], labels)
@@ -480,7 +490,8 @@ class BertGenerationDecoder(_FlaxModel):
         return _decoder_step
 
     def _generation_cache(self, params, attention_mask, *, max_length):
-        return self.module.apply({"params": params}, attention_mask.shape[0], max_length, None, None, attention_mask,
+        return self.module.apply({"params": self._module_params(params)}, attention_mask.shape[0], max_length, None,
+                                 None, attention_mask,
                                  method=DecoderModule.init_cache)
 
     def generate(self, input_ids, attention_mask=None, *, params=None, prng_key=None, **kwargs):
@@ -498,7 +509,8 @@ class BertGenerationDecoder(_FlaxModel):
         if max_length > self.config.max_position_embeddings:
             raise ValueError(f"max_length={max_length} exceeds max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
-        return self.module.apply({"params": self.params if params is None else params}, batch_size, max_length,
+        return self.module.apply({"params": self._module_params(self.params if params is None else params)},
+                                 batch_size, max_length,
                                  encoder_hidden_states, encoder_attention_mask, attention_mask,
                                  method=DecoderModule.init_cache)
 
@@ -558,6 +570,7 @@ class EncoderDecoderModel(_FlaxModel):
         return self.config.decoder.initializer_range
 
     def _module_params(self, params):
+        params = super()._module_params(params)
         return expand_tied_encoder(params) if self.config.tie_encoder_decoder else params
 
     @classmethod

@@ -220,12 +220,16 @@ def test_adamw_steps_match_pytorch(save_dir):
     assert int(state.step) == 3
     ours = tree_to_state_dict(jax.device_get(state.params))
     start = tree_to_state_dict(fm.params)
+    lr = hp["learning_rate"]
     for key, value in ours.items():
         theirs = tm.get_parameter(key).detach().numpy()
-        moved = np.max(np.abs(theirs - start[key]))
+        if np.max(np.abs(theirs - start[key])) < 0.01 * lr:
+            # Attention key biases: their gradient is float noise (see _assert_grads_match), and
+            # Adam turns noise into a step of about lr * noise / eps; both sides barely move.
+            assert key.endswith("self.key.bias") and np.max(np.abs(value - start[key])) < 0.01 * lr, key
+            continue
         # Adam moves each weight by ~lr per step whatever the gradient; compare to that scale.
-        assert np.max(np.abs(value - theirs)) <= 1e-3 * hp["learning_rate"] + 1e-6 * np.max(np.abs(theirs)), key
-        assert moved > 0, key
+        assert np.max(np.abs(value - theirs)) <= 1e-3 * lr + 1e-6 * np.max(np.abs(theirs)), key
 
 
 def test_bf16_compute_keeps_float32_params(save_dir):

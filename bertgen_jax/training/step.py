@@ -40,7 +40,8 @@ class TrainState:
 
 
 def create_train_state(params, optimizer: optax.GradientTransformation, seed: int = 0) -> TrainState:
-    params = jax.tree_util.tree_map(jnp.asarray, params)
+    """A fresh state; params are copied, so donating the state never deletes the model's arrays."""
+    params = jax.tree_util.tree_map(jnp.array, params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       rng=jax.random.PRNGKey(seed))
 
@@ -103,10 +104,14 @@ def make_grad_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = T
             (loss, n), g = grad_fn(params, micro_batch, micro_rng)
             return (jax.tree_util.tree_map(jnp.add, grad_sum, g), loss_sum + loss, count + n), None
 
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
         micro = {k: batch[k] for k in BATCH_KEYS}
-        (grad_sum, loss_sum, count), _ = jax.lax.scan(micro_step, init, (micro, jax.random.split(rng, accum)))
+        rngs = jax.random.split(rng, accum)
+        if accum == 1:  # no loop (compiles faster)
+            (loss_sum, count), grad_sum = grad_fn(params, {k: v[0] for k, v in micro.items()}, rngs[0])
+        else:
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+            (grad_sum, loss_sum, count), _ = jax.lax.scan(micro_step, init, (micro, rngs))
         denom = jnp.maximum(count, 1.0)
         return loss_sum / denom, jax.tree_util.tree_map(lambda g: g / denom, grad_sum), count
 
