@@ -1,5 +1,7 @@
 """bertgen_jax: BertGeneration (bert2bert, roberta2roberta) in JAX/Flax, with transformers parity."""
 
+from .compile_cache import enable_from_environment as _enable_cache_from_env
+from .compile_cache import enable_persistent_compilation_cache
 from .config import BertGenerationConfig, EncoderDecoderConfig, load_config
 from .models import (
     BertGenerationDecoder,
@@ -14,6 +16,7 @@ from .pipeline import pipeline
 from .tokenization import AutoTokenizer, BertGenerationTokenizer
 
 __version__ = "0.1.0"
+_enable_cache_from_env()
 
 __all__ = [
     "BertGenerationConfig",
@@ -29,4 +32,5 @@ __all__ = [
     "AutoTokenizer",
     "BertGenerationTokenizer",
     "pipeline",
+    "enable_persistent_compilation_cache",
 ]

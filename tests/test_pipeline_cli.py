@@ -77,3 +77,17 @@ def test_cli_generate_errors_are_one_line(tmp_path, model_dir):
     result = subprocess.run([sys.executable, "-m", "bertgen_jax.cli", "generate", "--model", path, "--num-beams",
                              "two", "hi"], capture_output=True, text=True)
     assert result.returncode == 2 and "invalid int value" in result.stderr
+
+
+def test_persistent_compilation_cache_reused_across_processes(model_dir, tmp_path):
+    """A second process with BERTGEN_COMPILATION_CACHE set loads the compiled loop from disk."""
+    path, _, _ = model_dir
+    cache = tmp_path / "xla"
+    env = dict(os.environ, BERTGEN_COMPILATION_CACHE=str(cache))
+    cmd = [sys.executable, "-m", "bertgen_jax.cli", "generate", "--model", path, "--max-new-tokens", "4", "hello"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    entries = set(os.listdir(cache))
+    assert entries, "nothing was written to the compilation cache"
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    assert second.stdout == first.stdout
+    assert set(os.listdir(cache)) == entries  # every program came from the cache: no new entries
