@@ -7,6 +7,7 @@ jit-compiled apply, compiled once per set of static flags and input shapes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -286,22 +287,31 @@ class _FlaxModel:
                         revision=None, local_files_only=False, cache_dir=None, config=None, seed: int = 0,
                         **config_overrides):
         """Load a checkpoint written by transformers' or this project's `save_pretrained`, or a hub repo id."""
+        from . import quantization as quant
+
         if quantization is not None:
-            raise NotImplementedError(
-                f"quantization={quantization!r}: weight-only int8/int4 loading is not implemented yet"
-            )
+            quantization = quant.QuantizationConfig.coerce(quantization)  # bad values fail before loading
         directory = _resolve_dir(path_or_repo_id, revision, cache_dir, local_files_only)
         if config is None:
             config = cls._read_config(directory, config_overrides)
         elif config_overrides:
             config = config.copy(**config_overrides)
-        if _has_only_flax_weights(directory):
-            model = cls.from_flax_file(os.path.join(directory, FLAX_WEIGHTS_NAME), config, dtype=dtype,
-                                       param_dtype=param_dtype)
+        saved_quantization = quant.saved_quantization(directory)
+        if saved_quantization is not None:  # written by save_pretrained of a quantized model
+            model = quant.load_quantized(cls, directory, config, saved_quantization, dtype=dtype,
+                                         param_dtype=param_dtype, requested=quantization)
         else:
-            state_dict = checkpoint_io.load_state_dict(directory)
-            model = cls.from_state_dict(state_dict, config, dtype=dtype, param_dtype=param_dtype, seed=seed,
-                                        source=str(path_or_repo_id))
+            # To be quantized: load the float weights into host memory, so only the integers reach the device.
+            with quant.host_device() if quantization is not None else contextlib.nullcontext():
+                if _has_only_flax_weights(directory):
+                    model = cls.from_flax_file(os.path.join(directory, FLAX_WEIGHTS_NAME), config, dtype=dtype,
+                                               param_dtype=param_dtype)
+                else:
+                    state_dict = checkpoint_io.load_state_dict(directory)
+                    model = cls.from_state_dict(state_dict, config, dtype=dtype, param_dtype=param_dtype, seed=seed,
+                                                source=str(path_or_repo_id))
+            if quantization is not None:
+                model = quant.quantize_model(model, quantization)
         model.generation_config = read_generation_config(directory)
         return model
 
@@ -340,14 +350,22 @@ class _FlaxModel:
 
     # --- saving
     def state_dict(self) -> dict[str, np.ndarray]:
-        """PyTorch-layout state dict (names as transformers saves them)."""
+        """PyTorch-layout state dict (names as transformers saves them; a quantized model gives its
+        integers and scales, see quantization.py)."""
+        if self.quantization is not None:
+            from .quantization import quantized_state_dict
+
+            return quantized_state_dict(self)
         return self._export_tree()
 
     def save_pretrained(self, directory: str, *, max_shard_size=None) -> None:
         """Write config.json and model.safetensors (transformers layout, loadable by transformers)."""
         os.makedirs(directory, exist_ok=True)
         checkpoint_io.save_state_dict(self.state_dict(), directory, max_shard_size=max_shard_size)
-        self._config_for_save().save_pretrained(directory)
+        config = self._config_for_save()
+        if self.quantization is not None:
+            config = config.copy(quantization_config=self.quantization.to_dict())
+        config.save_pretrained(directory)
         if self.generation_config:
             checkpoint_io.atomic_write_text(os.path.join(directory, GENERATION_CONFIG_NAME),
                                             json.dumps(self.generation_config, indent=2, sort_keys=True) + "\n")

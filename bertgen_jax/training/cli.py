@@ -32,6 +32,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data.add_argument("--target-column", default="target")
     data.add_argument("--max-source-length", type=int, default=128)
     data.add_argument("--max-target-length", type=int, default=128)
+    data.add_argument("--pad-to-multiple-of", type=int, default=8,
+                      help="pad batch lengths to multiples of this (larger: fewer shapes to compile)")
 
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--output-dir", required=True, help="checkpoints, logs, loss curve and the exported model")
@@ -103,6 +105,7 @@ def train_config_from_args(args):
         bf16=args.bf16, seed=args.seed, mesh=args.mesh, log_every=args.log_every, eval_every=args.eval_every,
         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
         eval_samples=args.eval_samples, max_source_length=args.max_source_length,
+        pad_to_multiple_of=args.pad_to_multiple_of,
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, progress=not args.no_progress)
 
 

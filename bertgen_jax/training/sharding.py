@@ -111,10 +111,10 @@ def spec_for(path: str, shape: Sequence[int], mesh: Mesh, rules=DEFAULT_RULES) -
         return P()
     choices = choices if isinstance(choices, list) else [choices]
     for axes in choices:
-        axes = tuple(axes)[: len(shape)]
+        axes = [None if axis is None or _axis_size(mesh, axis) == 1 else axis for axis in tuple(axes)[: len(shape)]]
         fits = [axis if axis is not None and dim % _axis_size(mesh, axis) == 0 else None
                 for dim, axis in zip(shape, axes)]
-        if fits == list(axes):
+        if fits == axes:
             break
     while fits and fits[-1] is None:
         fits.pop()

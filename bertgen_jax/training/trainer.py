@@ -65,6 +65,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: bool = False
     eval_batch_size: Optional[int] = None
+    pad_to_multiple_of: int = 8  # padded lengths (see data.bucket_length): larger -> fewer compiled shapes
     eval_samples: int = 0  # > 0: generate for this many eval sources and score them (needs model.generate)
     max_source_length: int = 128
     max_new_tokens: int = 64
@@ -130,9 +131,10 @@ class Trainer:
         if pad_id is None:
             pad_id = tokenizer.pad_token_id
         self.loader = BatchLoader(train_data, batch_size=c.batch_size, accum=c.grad_accum, seed=c.seed,
-                                  pad_token_id=pad_id)
+                                  pad_token_id=pad_id, pad_to_multiple_of=c.pad_to_multiple_of)
         self.eval_loader = None if eval_data is None else BatchLoader(
-            eval_data, batch_size=c.eval_batch_size or c.batch_size, seed=c.seed, shuffle=False, pad_token_id=pad_id)
+            eval_data, batch_size=c.eval_batch_size or c.batch_size, seed=c.seed, shuffle=False, pad_token_id=pad_id,
+            pad_to_multiple_of=c.pad_to_multiple_of)
         self.total_steps = c.max_steps if c.max_steps is not None else c.epochs * len(self.loader)
         if self.total_steps <= 0:
             raise ValueError(f"nothing to train: {self.total_steps} steps")
