@@ -148,6 +148,20 @@ def _loop_kwargs(options: dict, max_length: int, prng_key) -> dict:
         pad_token_id=int(options["pad_token_id"]), prng_key=prng_key)
 
 
+def _attention_mask(ids: np.ndarray, attention_mask, options: dict) -> np.ndarray:
+    """The given mask (checked), or transformers' default: mask padding only if the pad id occurs in
+    the inputs and differs from every EOS id."""
+    from .models import check_mask
+
+    if attention_mask is None:
+        pad, eos = options["pad_token_id"], options["eos_token_id"]
+        if pad is not None and (ids == pad).any() and pad not in eos:
+            attention_mask = (ids != pad).astype(np.int32)
+        else:
+            attention_mask = np.ones_like(ids, np.int32)
+    return np.asarray(check_mask(attention_mask, "attention_mask", ids.shape))
+
+
 def _unbucket(output: generation.GenerateOutput, batch: int, num_return: int) -> generation.GenerateOutput:
     rows = batch * num_return
     scores = None if output.sequences_scores is None else output.sequences_scores[:rows]
@@ -156,19 +170,12 @@ def _unbucket(output: generation.GenerateOutput, batch: int, num_return: int) ->
 
 # ----------------------------------------------------------------------------- encoder-decoder
 def encoder_decoder_generate(model, input_ids, attention_mask=None, *, params=None, prng_key=None, **user):
-    from .models import check_mask, check_token_ids
+    from .models import check_token_ids
 
     options = resolve_options(model, user)
     enc_config, dec_config = model.config.encoder, model.config.decoder
     ids = np.asarray(check_token_ids(input_ids, "input_ids", enc_config.vocab_size, enc_config.max_position_embeddings))
-    if attention_mask is None:
-        # transformers: mask padding only if the pad id occurs and differs from EOS.
-        pad, eos = options["pad_token_id"], options["eos_token_id"]
-        if pad is not None and (ids == pad).any() and pad not in eos:
-            attention_mask = (ids != pad).astype(np.int32)
-        else:
-            attention_mask = np.ones_like(ids, np.int32)
-    mask = np.asarray(check_mask(attention_mask, "attention_mask", ids.shape))
+    mask = _attention_mask(ids, attention_mask, options)
     start = options["decoder_start_token_id"]
     if start is None:
         start = options["bos_token_id"]
@@ -197,20 +204,14 @@ def encoder_decoder_generate(model, input_ids, attention_mask=None, *, params=No
 
 # ----------------------------------------------------------------------------- decoder only
 def decoder_generate(model, input_ids, attention_mask=None, *, params=None, prng_key=None, **user):
-    from .models import check_mask, check_token_ids
+    from .models import check_token_ids
 
     options = resolve_options(model, user)
     config = model.config
     if config.add_cross_attention:
         raise ValueError("this decoder has cross-attention: generate with the EncoderDecoderModel that feeds it")
     ids = np.asarray(check_token_ids(input_ids, "input_ids", config.vocab_size, config.max_position_embeddings))
-    if attention_mask is None:
-        pad, eos = options["pad_token_id"], options["eos_token_id"]
-        if pad is not None and (ids == pad).any() and pad not in eos:
-            attention_mask = (ids != pad).astype(np.int32)
-        else:
-            attention_mask = np.ones_like(ids, np.int32)
-    mask = np.asarray(check_mask(attention_mask, "attention_mask", ids.shape))
+    mask = _attention_mask(ids, attention_mask, options)
     prompt_len = ids.shape[1]
     max_length = _max_length(options, user, prompt_len, config.max_position_embeddings,
                              config.max_position_embeddings)
