@@ -361,10 +361,11 @@ class _FlaxModel:
     def save_pretrained(self, directory: str, *, max_shard_size=None) -> None:
         """Write config.json and model.safetensors (transformers layout, loadable by transformers)."""
         os.makedirs(directory, exist_ok=True)
-        checkpoint_io.save_state_dict(self.state_dict(), directory, max_shard_size=max_shard_size)
-        config = self._config_for_save()
-        if self.quantization is not None:
+        config, metadata = self._config_for_save(), None
+        if self.quantization is not None:  # this project's int8/int4 format, see quantization.py
             config = config.copy(quantization_config=self.quantization.to_dict())
+            metadata = {"format": self.quantization.SAFETENSORS_FORMAT}  # transformers refuses this format
+        checkpoint_io.save_state_dict(self.state_dict(), directory, max_shard_size=max_shard_size, metadata=metadata)
         config.save_pretrained(directory)
         if self.generation_config:
             checkpoint_io.atomic_write_text(os.path.join(directory, GENERATION_CONFIG_NAME),

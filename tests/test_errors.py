@@ -139,6 +139,6 @@ def test_wrong_model_type(tmp_path):
         BertGenerationEncoder.from_pretrained(str(tmp_path))
 
 
-def test_quantization_not_silently_ignored(tmp_path):
-    with pytest.raises(NotImplementedError, match="int4"):
-        BertGenerationEncoder.from_pretrained(str(tmp_path), quantization="int4")
+def test_quantization_value_checked_before_loading(tmp_path):
+    with pytest.raises(ValueError, match="int2"):
+        BertGenerationEncoder.from_pretrained(str(tmp_path), quantization="int2")
