@@ -13,6 +13,7 @@ from .models import (
     shift_tokens_right,
 )
 from .pipeline import pipeline
+from .quantization import QuantizationConfig, quantize_model
 from .tokenization import AutoTokenizer, BertGenerationTokenizer
 
 __version__ = "0.1.0"
@@ -33,4 +34,6 @@ __all__ = [
     "BertGenerationTokenizer",
     "pipeline",
     "enable_persistent_compilation_cache",
+    "QuantizationConfig",
+    "quantize_model",
 ]

@@ -232,7 +232,9 @@ class _FlaxModel:
         if self.quantization is not None:
             from .quantization import dequantize_tree
 
-            params = dequantize_tree(params, self.dtype)
+            # Dense kernels stay quantized: QuantDense dequantizes each at its call, so the while_loop
+            # of generate never holds float copies of all kernels at once.
+            params = dequantize_tree(params, self.dtype, keep_kernels=True)
         return params
 
     def param_shapes(self) -> dict:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from .activations import ACTIVATIONS, PReLU, XIELU
 from .config import BertGenerationConfig
+from .quantization import QuantDense
 
 Array = Any
 MASK_MIN = float(jnp.finfo(jnp.float32).min)
@@ -36,7 +37,8 @@ def _normal(config: BertGenerationConfig):
 
 
 def _dense(config, features, dtype, param_dtype, name=None):
-    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, kernel_init=_normal(config),
+    # QuantDense is nn.Dense that also takes an int8/int4 kernel and dequantizes it at the call.
+    return QuantDense(features, dtype=dtype, param_dtype=param_dtype, kernel_init=_normal(config),
                     bias_init=nn.initializers.zeros, name=name)
 
 
@@ -417,7 +419,7 @@ class LMHead(nn.Module):
         c = self.config
         self.bias = self.param("bias", nn.initializers.zeros, (c.vocab_size,), self.param_dtype)
         if not c.tie_word_embeddings:
-            self.decoder = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+            self.decoder = QuantDense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                                     kernel_init=_normal(c))
 
     def __call__(self, hidden, word_embeddings=None):
