@@ -14,6 +14,13 @@ from .data import DataError
 
 logger = logging.getLogger(__name__)
 
+DESCRIPTION = (
+    "Fine-tune an encoder-decoder on source/target pairs (JSONL, CSV or TSV): a converted checkpoint "
+    "(--model) or a bert2bert warm-started from two BERT-style checkpoints (--encoder/--decoder). Runs on one "
+    "CPU, one GPU or a device mesh (--mesh data=N,fsdp=M), checkpoints every --save-every steps, continues "
+    "with --resume, logs to TensorBoard and writes loss_curve.png and the fine-tuned model (transformers "
+    "format) into --output-dir. Ctrl-C saves a checkpoint and stops.")
+
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
@@ -147,7 +154,7 @@ def run_train(args) -> int:
 
 
 def main(argv=None) -> int:  # `python -m bertgen_jax.training.cli ...` until `bertgen train` is wired
-    parser = add_train_arguments(argparse.ArgumentParser(prog="bertgen train", description="Fine-tune a model."))
+    parser = add_train_arguments(argparse.ArgumentParser(prog="bertgen train", description=DESCRIPTION))
     return run_train(parser.parse_args(argv))
 
 

@@ -9,9 +9,10 @@
   similar lengths share a batch), and the batch order is shuffled again. The same seed gives the
   same batches on every host and after a restart; `BatchPosition` (epoch, batch index) resumes it.
 - Arrays: `input_ids` / `attention_mask` [accum, batch, S] and `labels` [accum, batch, T] (-100 on
-  padding), int32, lengths rounded up to a multiple of `pad_to_multiple_of` (fewer recompiles).
-  Long data gets coarser steps (`bucket_length`). The last batch of an epoch is filled with empty rows (all labels -100), which add nothing to
-  the loss or the gradient, so every example is used and every batch has the same size.
+  padding), int32, lengths rounded up to a multiple of `pad_to_multiple_of` (fewer recompiles;
+  long data gets coarser steps, see `bucket_length`). The last batch of an epoch is filled with
+  empty rows (all labels -100), which add nothing to the loss or the gradient, so every example is
+  used and every batch has the same size.
 - Labels: the target's token ids without a leading `decoder_start_token_id` (BERT's [CLS]); the
   model prepends it when shifting labels right into decoder inputs.
 """

@@ -15,9 +15,9 @@ Multi-host (TPU pods, several GPU hosts): call `initialize_distributed()` (`jax.
 in every process before anything else touches JAX. On Cloud TPU and under SLURM/Open MPI it needs no
 arguments; elsewhere pass `coordinator_address="host0:1234", num_processes=N, process_id=i` (or set
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Every process then runs the same
-command; `jax.devices()` lists all hosts' devices, the mesh spans them, each process reads the same
-data order and feeds its own slice of each batch (`shard_batch`), and checkpoints are written
-cooperatively by orbax.
+command; `jax.devices()` lists all hosts' devices, the mesh spans them, every process reads the
+same data order and puts the rows of each batch that its devices hold (`shard_batch`), and
+checkpoints are written cooperatively by orbax.
 """
 
 from __future__ import annotations
@@ -151,21 +151,11 @@ def batch_divisor(mesh: Mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
-def process_rows(batch_size: int) -> slice:
-    """Rows of the global batch that this process feeds (all of them on one host)."""
-    per = batch_size // jax.process_count()
-    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
-
-
 def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
-    """Global numpy batch (leaves [accum, B, T], the same on every process) -> global jax arrays laid
-    out by `sharding`, each process contributing its rows."""
-    out = {}
-    for key, value in batch.items():
-        rows = process_rows(value.shape[1])
-        out[key] = jax.make_array_from_process_local_data(sharding, np.ascontiguousarray(value[:, rows]),
-                                                          value.shape)
-    return out
+    """Global numpy batch (leaves [accum, B, T], built the same way on every process) -> global jax
+    arrays laid out by `sharding`; each process copies in only the rows its own devices hold."""
+    return {key: jax.make_array_from_callback(value.shape, sharding, lambda index, value=value: value[index])
+            for key, value in batch.items()}
 
 
 def place(tree, shardings):
@@ -181,7 +171,6 @@ def describe(params, shardings) -> str:
     per_device = 0
     sharded = 0
     for path, value in leaves.items():
-        size = int(np.prod(value.shape)) * np.dtype(value.dtype).itemsize
         shard_shape = specs[path].shard_shape(value.shape)
         per_device += int(np.prod(shard_shape)) * np.dtype(value.dtype).itemsize
         sharded += tuple(shard_shape) != tuple(value.shape)

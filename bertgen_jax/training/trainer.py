@@ -86,7 +86,8 @@ class TrainResult:
 
 
 class _StopOnInterrupt:
-    """First SIGINT sets `requested` (the loop saves and stops); a second one raises KeyboardInterrupt."""
+    """First SIGINT sets `requested` (the loop saves and stops); a second one raises KeyboardInterrupt.
+    The handler is installed only on the main thread (where Python delivers signals)."""
 
     def __init__(self):
         self.requested = False
@@ -156,6 +157,7 @@ class Trainer:
                                         params_sharding=self.state_sharding.params, batch_sharding=self.batch_sharding)
         self.history: list[dict] = []
         self._writer = None
+        self._stop: Optional[_StopOnInterrupt] = None
 
     # ------------------------------------------------------------------ paths
     def path(self, *parts) -> str:
@@ -193,11 +195,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def _message(self, text: str) -> None:
-        if self.is_main and self.config.progress:
+        """A line for the person running this (above the progress bar when there is one)."""
+        if self.is_main:
             from tqdm.auto import tqdm
 
-            tqdm.write(text)
-        logger.info(text)
+            tqdm.write(text) if self.config.progress else print(text, flush=True)
+        logger.debug(text)
 
     def _record(self, entry: dict) -> None:
         self.history.append(entry)
@@ -289,6 +292,7 @@ class Trainer:
         pending, window_tokens, window_start = [], 0, time.perf_counter()
         train_loss, interrupted = None, False
         with _StopOnInterrupt() as stop:
+            self._stop = stop
             try:
                 while step < self.total_steps:
                     next_position, batch = next(batches)
@@ -318,13 +322,7 @@ class Trainer:
                     if stop.requested:
                         interrupted = True
                         break
-            except KeyboardInterrupt:
-                # A second Ctrl-C, or one outside the step: save only if the state is intact.
-                interrupted = True
-                if any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree_util.tree_leaves(state)):
-                    bar.close()
-                    raise
-            finally:
+            finally:  # a second Ctrl-C raises KeyboardInterrupt: abort without saving
                 bar.close()
 
         self._save(checkpointer, state, position)
@@ -341,6 +339,11 @@ class Trainer:
         if self.is_main:
             self.plot(self.path("loss_curve.png"))
         return TrainResult(step, interrupted, train_loss, eval_loss, scores, export_dir, list(self.history))
+
+    def request_stop(self) -> None:
+        """Stop after the step in flight, save a checkpoint and return, as Ctrl-C does."""
+        if self._stop is not None:
+            self._stop.requested = True
 
     # ------------------------------------------------------------------ outputs
     def export(self, directory: str) -> str:
@@ -368,6 +371,9 @@ class Trainer:
             axes.plot(*zip(*train), label="train loss", color="tab:blue")
         if evals:
             axes.plot(*zip(*evals), "o-", label="eval loss", color="tab:orange")
+        values = [v for _, v in train + evals]
+        if min(values) > 0 and max(values) / min(values) > 20:
+            axes.set_yscale("log")
         axes.set_xlabel("step")
         axes.set_ylabel("cross-entropy (nats / token)")
         axes.set_title("bertgen fine-tuning")
