@@ -127,7 +127,8 @@ def run_size(size: str, repeats: int, bandwidth: float):
             run_ours()
             first = time.perf_counter() - start
             ours_s = _median_time(run_ours, repeats)
-            run_torch()  # warm-up: torch's first calls are several times slower
+            for _ in range(3):  # warm-up: torch's first calls here are up to 10x slower than steady state
+                run_torch()
             torch_s = _median_time(run_torch, repeats)
             rows.append(dict(size=size, scenario=name, torch_ms=torch_s / NEW_TOKENS * 1e3,
                              ours_ms=ours_s / NEW_TOKENS * 1e3, ratio=torch_s / ours_s, compile_s=first - ours_s,
