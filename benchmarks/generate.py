@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from _report import emit_table
+
 SIZES = {
     # name: (layers, hidden, heads, intermediate, vocab)
     "base": (12, 768, 12, 3072, 30522),
@@ -176,13 +178,7 @@ def main(argv=None) -> int:
     rows = []
     for size in args.sizes:
         rows.extend(run_size(size, args.repeats, bandwidth))
-    table = markdown(rows, bandwidth)
-    print()
-    print(table)
-    if args.markdown:
-        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
-        with open(args.markdown, "w") as handle:
-            handle.write(table)
+    emit_table(markdown(rows, bandwidth), args.markdown)
     return 0
 
 

@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from _report import emit_table
+
 INPUT_TOKENS = 64
 NEW_TOKENS = 32
 VARIANTS = ("float32", "bfloat16", "float16", "int8", "int4")
@@ -266,13 +268,7 @@ def main(argv=None) -> int:
     rows = []
     for size in args.sizes:
         rows.extend(run_size(size, args.repeats, args.variants))
-    table = markdown(rows, args.repeats)
-    print()
-    print(table)
-    if args.markdown:
-        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
-        with open(args.markdown, "w") as handle:
-            handle.write(table)
+    emit_table(markdown(rows, args.repeats), args.markdown)
     return 0
 
 

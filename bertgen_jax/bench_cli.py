@@ -22,5 +22,6 @@ def run(args) -> int:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"benchmark script {path} is not there (benchmarks/ ships with the source checkout)")
     sys.argv = [path] + list(args.script_args)
+    sys.path.insert(0, os.path.dirname(path))  # as `python benchmarks/X.py` would: shared helpers import
     runpy.run_path(path, run_name="__main__")
     return 0
