@@ -298,6 +298,17 @@ def _is_eos(tokens, eos_ids):
 # --------------------------------------------------------------------------------------------
 
 
+def _feed_token(state, token_ids, choose, tokens_to_logits, params, num_rows: int, prompt_len: int):
+    """One loop step: run the model on `token_ids`, then either force the next prompt token (no
+    choice, no score change; every beam of an item holds the same prefix, so nothing is reordered)
+    or let `choose(state, logits, new_cache)` pick it."""
+    logits, new_cache = _call_model(tokens_to_logits, params, token_ids, state.cache, num_rows)
+    if prompt_len == 1:
+        return choose(state, logits, new_cache)
+    forced = lambda s, logits, c: s.replace(cur_index=s.cur_index + 1, cache=c)  # noqa: E731
+    return lax.cond(state.cur_index + 1 < prompt_len, forced, choose, state, logits, new_cache)
+
+
 def _decode(params, cache, prompt_ids, knobs, rng, *, tokens_to_logits, options: _Options):
     global _TRACE_COUNT
     _TRACE_COUNT += 1  # runs only while tracing
@@ -362,11 +373,7 @@ def _decode(params, cache, prompt_ids, knobs, rng, *, tokens_to_logits, options:
 
     def body(s: SamplingState):
         token_ids = lax.dynamic_slice_in_dim(s.sequences, s.cur_index, 1, axis=1)
-        logits, new_cache = _call_model(tokens_to_logits, params, token_ids, s.cache, num_rows)
-        if prompt_len == 1:
-            return choose(s, logits, new_cache)
-        forced = lambda s, logits, c: s.replace(cur_index=s.cur_index + 1, cache=c)  # noqa: E731
-        return lax.cond(s.cur_index + 1 < prompt_len, forced, choose, s, logits, new_cache)
+        return _feed_token(s, token_ids, choose, tokens_to_logits, params, num_rows, prompt_len)
 
     state = lax.while_loop(cond, body, state)
     return state.sequences, state.cur_index + 1
@@ -501,12 +508,7 @@ def _beam_search(params, cache, prompt, knobs, rng, tokens_to_logits, opts: _Opt
     def body(s: BeamState):
         flat_running = s.running_sequences.reshape(num_rows, max_length)
         token_ids = lax.dynamic_slice_in_dim(flat_running, s.cur_index, 1, axis=1)
-        logits, new_cache = _call_model(tokens_to_logits, params, token_ids, s.cache, num_rows)
-        if prompt_len == 1:
-            return choose(s, logits, new_cache)
-        # Prompt steps: every beam of an item holds the same prefix, no reordering needed.
-        forced = lambda s, logits, c: s.replace(cur_index=s.cur_index + 1, cache=c)  # noqa: E731
-        return lax.cond(s.cur_index + 1 < prompt_len, forced, choose, s, logits, new_cache)
+        return _feed_token(s, token_ids, choose, tokens_to_logits, params, num_rows, prompt_len)
 
     state = lax.while_loop(cond, body, state)
     return state.finished_sequences, state.finished_scores, state.finished_lengths
