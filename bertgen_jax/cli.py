@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "training.cli", "add_train_arguments", "run_train",
          "fine-tune an encoder-decoder on source/target text pairs"),
         ("bench", "bench_cli", "add_arguments", "run", "benchmark against PyTorch transformers"),
+        ("demo", "demo", "add_arguments", "run",
+         "fine-tune the shipped MiniLM bert2bert on sentence fusion and show before/after scores"),
     ):
         _add_command(sub, name, module, add, run, help_text)
     return parser
