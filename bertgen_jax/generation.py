@@ -156,7 +156,9 @@ def apply_temperature(logits, temperature):
 def apply_top_k(logits, top_k: int, min_tokens_to_keep: int = 1):
     """transformers' TopKLogitsWarper: keep the scores >= the k-th largest (ties kept)."""
     k = min(max(int(top_k), int(min_tokens_to_keep)), logits.shape[-1])
-    kth = lax.top_k(logits, k)[0][..., -1:]
+    # The k-th largest is the min of the top k. (Slicing the last top-k value instead makes XLA CPU
+    # rewrite top_k into a full-vocabulary sort: 5 ms instead of 0.1 ms per step at 30k tokens.)
+    kth = jnp.min(lax.top_k(logits, k)[0], axis=-1, keepdims=True)
     return jnp.where(logits < kth, -jnp.inf, logits)
 
 

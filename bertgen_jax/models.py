@@ -709,13 +709,19 @@ class EncoderDecoderModel(_FlaxModel):
 
     @classmethod
     def from_encoder_decoder_pretrained(cls, encoder_pretrained_model_name_or_path, decoder_pretrained_model_name_or_path,
-                                        *, dtype=jnp.float32, param_dtype=None, seed: int = 0, **kwargs):
+                                        *, dtype=jnp.float32, param_dtype=None, quantization=None, seed: int = 0,
+                                        **kwargs):
         """Warm-start from two BERT-style checkpoints as transformers does: the decoder gets
         is_decoder=True and add_cross_attention=True with new cross-attention weights.
 
         Keyword arguments prefixed `encoder_` / `decoder_` go to that side's config; others (such as
         decoder_start_token_id, pad_token_id, tie_encoder_decoder) go to the top-level config.
+        `quantization` ("int8", "int4" or a QuantizationConfig) quantizes the warm-started model.
         """
+        from . import quantization as quant
+
+        if quantization is not None:
+            quantization = quant.QuantizationConfig.coerce(quantization)  # bad values fail before loading
         enc_kwargs = {k[len("encoder_"):]: v for k, v in kwargs.items() if k.startswith("encoder_")}
         dec_kwargs = {k[len("decoder_"):]: v for k, v in kwargs.items()
                       if k.startswith("decoder_") and k != "decoder_start_token_id"}
@@ -734,4 +740,6 @@ class EncoderDecoderModel(_FlaxModel):
             model._compiled = {}
             if model.config.tie_encoder_decoder:
                 model.params = model._strip_tied(model.params)
+        if quantization is not None:
+            model = quant.quantize_model(model, quantization)
         return model

@@ -240,6 +240,17 @@ def test_minilm_encoder_from_pretrained_int8(minilm_dir, minilm):
     assert cosine.min() > 0.998 and np.median(cosine) > 0.9995  # measured 0.9990 / 0.9997
 
 
+def test_minilm_warm_start_with_quantization(minilm_dir, minilm):
+    model, ids, mask = minilm
+    warm = EncoderDecoderModel.from_encoder_decoder_pretrained(minilm_dir, minilm_dir, quantization="int4",
+                                                               **WARM_START)
+    assert warm.quantization is not None and warm.quantization.mode == "int4"
+    expected = quantize_model(model, "int4")(ids, mask, decoder_input_ids=ids).logits
+    np.testing.assert_array_equal(np.asarray(warm(ids, mask, decoder_input_ids=ids).logits), np.asarray(expected))
+    with pytest.raises(ValueError, match="int3"):
+        EncoderDecoderModel.from_encoder_decoder_pretrained(minilm_dir, minilm_dir, quantization="int3")
+
+
 def test_minilm_int8_bfloat16_scales(minilm):
     model, ids, mask = minilm
     half = EncoderDecoderModel(model.config, jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), model.params),
