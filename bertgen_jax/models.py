@@ -312,8 +312,10 @@ class _FlaxModel:
                     state_dict = checkpoint_io.load_state_dict(directory)
                     model = cls.from_state_dict(state_dict, config, dtype=dtype, param_dtype=param_dtype, seed=seed,
                                                 source=str(path_or_repo_id))
+                    del state_dict  # freed before the trim below
             if quantization is not None:
                 model = quant.quantize_model(model, quantization)
+        checkpoint_io.release_freed_host_memory()
         model.generation_config = read_generation_config(directory)
         return model
 
