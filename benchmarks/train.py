@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -62,6 +63,7 @@ def torch_worker(model_dir: str, steps: int) -> dict:
     import torch
     import transformers
 
+    warnings.simplefilter("ignore")  # transformers' deprecation notes on the labels-only forward
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     model = transformers.EncoderDecoderModel.from_pretrained(model_dir).train()
@@ -87,6 +89,7 @@ def jax_worker(model_dir: str, steps: int) -> dict:
     from bertgen_jax.training import sharding as sh
     from bertgen_jax.training.optim import OptimizerConfig, make_optimizer
     from bertgen_jax.training.step import create_train_state, make_train_step
+    from converters.checkpoint_io import release_freed_host_memory
 
     model = EncoderDecoderModel.from_pretrained(model_dir)
     # What Trainer.__init__ builds, on a one-device mesh.
@@ -96,16 +99,23 @@ def jax_worker(model_dir: str, steps: int) -> dict:
     state_sharding = sh.state_shardings(jax.eval_shape(init, model.params), optimizer, mesh)
     batch_sharding = sh.batch_sharding(mesh)
     state = jax.jit(init, out_shardings=state_sharding)(model.params)
+    release_freed_host_memory()  # as Trainer does after building the state and after the first step
     train_step = make_train_step(model, optimizer, deterministic=False, state_sharding=state_sharding,
                                  batch_sharding=batch_sharding)
     ids, mask, labels = make_batch(model.config.encoder.vocab_size)
     host_batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     host_batch = {k: v[None].astype(np.int32) for k, v in host_batch.items()}  # [accum=1, B, T]
 
+    compiled = False
+
     def step():
-        nonlocal state
+        nonlocal state, compiled
         state, metrics = train_step(state, sh.shard_batch(host_batch, batch_sharding))
-        return float(metrics["loss"].block_until_ready())
+        loss = float(metrics["loss"].block_until_ready())
+        if not compiled:
+            release_freed_host_memory()
+            compiled = True
+        return loss
 
     first, median, loss = _timed(step, steps)
     return dict(first_s=first, step_s=median, loss=loss, torch_imported="torch" in sys.modules)

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from converters.checkpoint_io import release_freed_host_memory
+
 from . import sharding as sh
 from .checkpoint import Checkpointer
 from .data import BatchLoader, BatchPosition, TokenizedData, count_tokens
@@ -277,7 +279,8 @@ class Trainer:
 
         c = self.config
         state, position = self._start(checkpointer)
-        step = int(state.step)
+        step = self._first_step = int(state.step)
+        release_freed_host_memory()  # the host copies made while building the train state
         self._open_writer(step)
         self._message(f"training {self.total_steps} steps ({len(self.loader)} batches of "
                       f"{self.loader.examples_per_batch} per epoch) on mesh {dict(self.mesh.shape)}; "
@@ -298,6 +301,10 @@ class Trainer:
                     next_position, batch = next(batches)
                     window_tokens += count_tokens(batch)
                     state, metrics = self.train_step(state, sh.shard_batch(batch, self.batch_sharding))
+                    if step == self._first_step:
+                        # Compiling frees a lot of host memory that glibc keeps; give it back once.
+                        jax.block_until_ready(metrics)
+                        release_freed_host_memory()
                     step, position = step + 1, next_position
                     pending.append(metrics)
                     bar.update(1)
