@@ -98,8 +98,10 @@ def jax_worker(model_dir: str, steps: int) -> dict:
     init = lambda params: create_train_state(params, optimizer, 0)  # noqa: E731
     state_sharding = sh.state_shardings(jax.eval_shape(init, model.params), optimizer, mesh)
     batch_sharding = sh.batch_sharding(mesh)
-    state = jax.jit(init, out_shardings=state_sharding)(model.params)
-    release_freed_host_memory()  # as Trainer does after building the state and after the first step
+    # As Trainer does: the state takes over model.params' buffers; the heap is trimmed after building
+    # the state and after the first (compiling) step.
+    state = jax.jit(init, out_shardings=state_sharding, donate_argnums=0)(model.params)
+    release_freed_host_memory()
     train_step = make_train_step(model, optimizer, deterministic=False, state_sharding=state_sharding,
                                  batch_sharding=batch_sharding)
     ids, mask, labels = make_batch(model.config.encoder.vocab_size)

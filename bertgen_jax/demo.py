@@ -57,7 +57,7 @@ def _show(title: str, pairs, predictions, sentence_scores, limit: int) -> None:
     print(f"\n{title}")
     for pair, prediction, score in list(zip(pairs, predictions, sentence_scores))[:limit]:
         print(f"  input:     {pair['source']}")
-        print(f"  generated: {prediction}")
+        print(f"  generated: {prediction or '(empty: only special tokens)'}")
         print(f"  reference: {pair['target']}")
         print(f"  BLEU:      {score:.1f}")
 

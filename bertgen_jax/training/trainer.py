@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from typing import Callable, Optional
 
 import jax
@@ -151,7 +152,9 @@ class Trainer:
         init = lambda params: create_train_state(params, self.optimizer, c.seed)  # noqa: E731
         self.state_sharding = sh.state_shardings(jax.eval_shape(init, model.params), self.optimizer, self.mesh)
         self.batch_sharding = sh.batch_sharding(self.mesh)
-        self._init_state = jax.jit(init, out_shardings=self.state_sharding)
+        # Donated: the train state takes over model.params' buffers instead of holding a second copy
+        # (model.params gets the trained values back at the end).
+        self._init_state = jax.jit(init, out_shardings=self.state_sharding, donate_argnums=0)
         self.train_step = make_train_step(model, self.optimizer, label_smoothing=c.label_smoothing,
                                           deterministic=not c.dropout, compute_dtype=compute_dtype,
                                           state_sharding=self.state_sharding, batch_sharding=self.batch_sharding)
@@ -186,7 +189,10 @@ class Trainer:
                 _write_jsonl(self.path("metrics.jsonl"), self.history)
             self._message(f"resumed from step {latest} ({checkpointer.directory})")
             return state, BatchPosition.from_dict(meta["data_position"])
-        return self._init_state(self.model.params), BatchPosition()
+        with warnings.catch_warnings():  # host (numpy) or differently sharded params cannot be donated
+            warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+            state = self._init_state(self.model.params)
+        return state, BatchPosition()
 
     def _save(self, checkpointer: Checkpointer, state: TrainState, position: BatchPosition) -> None:
         step = int(state.step)
@@ -275,16 +281,32 @@ class Trainer:
                 self._writer = None
 
     def _train(self, checkpointer: Checkpointer) -> TrainResult:
+        layout = sh.describe(self.model.params, self.state_sharding.params)
+        untrained = self.model.params
+        state, position = self._start(checkpointer)
+        try:
+            return self._loop(checkpointer, state, position, layout)
+        except BaseException:
+            # model.params may have been donated to the state: hand back the latest state's values.
+            try:
+                self.model.params = _to_host(self._live_state.params)
+            except Exception:  # the step in flight had consumed it too
+                if all(not x.is_deleted() for x in jax.tree_util.tree_leaves(untrained)
+                       if isinstance(x, jax.Array)):
+                    self.model.params = untrained
+            raise
+
+    def _loop(self, checkpointer: Checkpointer, state: TrainState, position: BatchPosition,
+              layout: str) -> TrainResult:
         from tqdm.auto import tqdm
 
         c = self.config
-        state, position = self._start(checkpointer)
+        self._live_state = state
         step = self._first_step = int(state.step)
         release_freed_host_memory()  # the host copies made while building the train state
         self._open_writer(step)
         self._message(f"training {self.total_steps} steps ({len(self.loader)} batches of "
-                      f"{self.loader.examples_per_batch} per epoch) on mesh {dict(self.mesh.shape)}; "
-                      + sh.describe(self.model.params, self.state_sharding.params))
+                      f"{self.loader.examples_per_batch} per epoch) on mesh {dict(self.mesh.shape)}; " + layout)
         eval_loss, scores = None, {}
         if step == 0 and self.eval_loader is not None:
             eval_loss, scores = self.evaluate(state.params, step)
@@ -301,6 +323,7 @@ class Trainer:
                     next_position, batch = next(batches)
                     window_tokens += count_tokens(batch)
                     state, metrics = self.train_step(state, sh.shard_batch(batch, self.batch_sharding))
+                    self._live_state = state
                     if step == self._first_step:
                         # Compiling frees a lot of host memory that glibc keeps; give it back once.
                         jax.block_until_ready(metrics)
