@@ -341,7 +341,8 @@ class _FlaxModel:
         layout_sd, may_initialize = model._layout(state_dict, report)
         params, report = load_into_tree(layout_sd, model.param_shapes(), source=source,
                                         may_initialize=may_initialize,
-                                        initializer_range=model._initializer_range(), seed=seed, report=report)
+                                        initializer_range=model._initializer_range(), seed=seed, report=report,
+                                        finalize=jnp.asarray)
         if report.initialized:
             logger.warning("%s: some weights were not in the checkpoint and are newly initialised: %s",
                            source, ", ".join(report.initialized[:6]) + (" ..." if len(report.initialized) > 6 else ""))

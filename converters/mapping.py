@@ -135,10 +135,13 @@ def load_into_tree(
     initializer_range: float = 0.02,
     seed: int = 0,
     report: Optional[ConversionReport] = None,
+    finalize: Callable = lambda array: array,
 ) -> tuple[dict, ConversionReport]:
     """Fill the Flax tree `expected` (leaves: anything with .shape and .dtype) from `state_dict`.
 
     `state_dict` must already use this model's key layout (prefixes fixed, drops removed).
+    `finalize` converts each loaded leaf at once (e.g. `jnp.asarray`), so the transposed host copies
+    are freed one by one instead of all living until the end.
     Raises CheckpointKeyError naming the key and `source` for missing/unexpected/misshapen keys.
     """
     report = report or ConversionReport()
@@ -155,7 +158,7 @@ def load_into_tree(
                 want = tuple(spec.shape)[::-1] if is_transposed(path) else tuple(spec.shape)
                 raise CheckpointKeyError(f"checkpoint key {key!r} in {source} has shape {torch_shape}; the model "
                                          f"config expects {want}")
-            flat_out[path] = array.astype(spec.dtype)
+            flat_out[path] = finalize(array.astype(spec.dtype, copy=False))
         elif may_initialize(path):
             flat_out[path] = init_like(path, spec.shape, spec.dtype, rng, initializer_range)
             report.initialized.append("/".join(path))
