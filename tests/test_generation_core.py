@@ -327,6 +327,23 @@ def test_num_return_sequences_sampling_layout():
     np.testing.assert_array_equal(np.asarray(out.sequences)[:, 0], 0)
 
 
+def test_top_k_sampling_keeps_ties_with_the_kth_score():
+    """TopKLogitsWarper keeps every token tied with the k-th score (here 4 tokens for k=2), and so
+    must our top-k filter (it compares with the k-th largest score, not the k indices)."""
+    logits = np.array([2.0, 1.0, 1.0, 1.0, 0.5, -1.0, 0.2, 0.1, -0.3, 0.0, 0.4, -2.0], np.float32)
+    n = 20000
+    cache = {"index": 0, "self": {"count": np.zeros((n,), np.int32)}}
+    out = gen.generate(_stub_tokens_to_logits, jnp.asarray(logits[None]), cache, np.zeros((n, 1), np.int32),
+                       pad_token_id=PAD, max_length=2, do_sample=True, top_k=2, eos_token_id=(),
+                       prng_key=jax.random.PRNGKey(3))
+    counts = np.bincount(np.asarray(out.sequences)[:, 1], minlength=len(logits))
+    scores = tlp.TopKLogitsWarper(2)(torch.zeros((1, 1), dtype=torch.long), torch.from_numpy(logits)[None])
+    expected = torch.softmax(scores, -1)[0].numpy()
+    assert np.count_nonzero(expected) == 4 and np.all(counts[expected == 0] == 0)
+    assert np.all(counts[1:4] > 0)
+    assert 0.5 * np.abs(counts / n - expected).sum() < 0.02
+
+
 def test_beam_sample_runs_and_is_reproducible():
     kwargs = dict(max_length=8, do_sample=True, num_beams=3, num_return_sequences=2, top_k=5, eos_token_id=(EOS,))
     a = _stub_generate(2, prng_key=jax.random.PRNGKey(5), **kwargs)
