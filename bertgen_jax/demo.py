@@ -26,6 +26,7 @@ DESCRIPTION = (
     "before and after training.")
 
 MARKER = ".bertgen-demo"  # an output directory holding this file was written by the demo: safe to replace
+EVAL_EXAMPLES = 200  # eval-loss pairs the trainer scores at the start and the end
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -84,8 +85,8 @@ def run(args) -> int:
     _prepare_output_dir(args.output_dir)
     base = args.model or shipped_minilm_dir()
     paths = write_fusion_dataset(os.path.join(args.output_dir, "data"), n_train=args.train_examples,
-                                 n_eval=200, n_test=args.test_examples, seed=args.seed)
-    print(f"data: {args.train_examples} train / 200 eval / {args.test_examples} test fusion pairs in "
+                                 n_eval=EVAL_EXAMPLES, n_test=args.test_examples, seed=args.seed)
+    print(f"data: {args.train_examples} train / {EVAL_EXAMPLES} eval / {args.test_examples} test fusion pairs in "
           f"{os.path.dirname(paths['train'])}")
 
     model, tokenizer = load_model_and_tokenizer(SimpleNamespace(

@@ -547,10 +547,9 @@ def release_freed_host_memory() -> None:
     where there is no glibc.
     """
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: glibc's, when it is glibc
+    except (OSError, AttributeError):
+        return
+    trim(0)

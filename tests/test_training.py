@@ -343,6 +343,22 @@ def _trainer(copy_task, output_dir, **overrides):
     return Trainer(model, tokenizer, small, TrainConfig(**config), **overrides)
 
 
+def test_an_error_mid_training_hands_model_params_back(copy_task, tmp_path):
+    """The train state takes over model.params' buffers (donation); a failure must not leave the
+    model holding deleted arrays: it gets the latest state's params."""
+    def fail(step):
+        if step == 2:
+            raise RuntimeError("boom")
+
+    trainer = _trainer(copy_task, tmp_path / "fails", step_callback=fail)
+    before = jax.tree_util.tree_map(np.asarray, trainer.model.params)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    after = jax.tree_util.tree_leaves(trainer.model.params)
+    assert all(not (isinstance(x, jax.Array) and x.is_deleted()) for x in after)
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree_util.tree_leaves(before), after))
+
+
 def test_resume_gives_the_same_result_as_a_straight_run(copy_task, tmp_path):
     # 14 examples in batches of 4: 4 batches an epoch, so step 3 is mid-epoch and 6 is in epoch 2.
     straight = _trainer(copy_task, tmp_path / "straight")

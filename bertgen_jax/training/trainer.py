@@ -282,7 +282,6 @@ class Trainer:
 
     def _train(self, checkpointer: Checkpointer) -> TrainResult:
         layout = sh.describe(self.model.params, self.state_sharding.params)
-        untrained = self.model.params
         state, position = self._start(checkpointer)
         try:
             return self._loop(checkpointer, state, position, layout)
@@ -290,10 +289,8 @@ class Trainer:
             # model.params may have been donated to the state: hand back the latest state's values.
             try:
                 self.model.params = _to_host(self._live_state.params)
-            except Exception:  # the step in flight had consumed it too
-                if all(not x.is_deleted() for x in jax.tree_util.tree_leaves(untrained)
-                       if isinstance(x, jax.Array)):
-                    self.model.params = untrained
+            except RuntimeError:  # deleted: the step in flight had consumed that state too
+                pass
             raise
 
     def _loop(self, checkpointer: Checkpointer, state: TrainState, position: BatchPosition,
@@ -302,7 +299,7 @@ class Trainer:
 
         c = self.config
         self._live_state = state
-        step = self._first_step = int(state.step)
+        step = first_step = int(state.step)
         release_freed_host_memory()  # the host copies made while building the train state
         self._open_writer(step)
         self._message(f"training {self.total_steps} steps ({len(self.loader)} batches of "
@@ -324,7 +321,7 @@ class Trainer:
                     window_tokens += count_tokens(batch)
                     state, metrics = self.train_step(state, sh.shard_batch(batch, self.batch_sharding))
                     self._live_state = state
-                    if step == self._first_step:
+                    if step == first_step:
                         # Compiling frees a lot of host memory that glibc keeps; give it back once.
                         jax.block_until_ready(metrics)
                         release_freed_host_memory()
