@@ -83,11 +83,17 @@ def decoder_layout(state_dict, config, report: ConversionReport):
         report.tied.append(("lm_head.decoder.weight", "bert.embeddings.word_embeddings.weight"))
         heads.pop("lm_head.decoder.weight")
     if "lm_head.decoder.bias" in heads:
+        # transformers' forward is `self.decoder(hidden)`: lm_head.decoder.bias is the bias it adds.
+        # Tied (4.x) both keys hold one tensor; untied (transformers 5 saves two) they may differ.
         bias = heads.pop("lm_head.decoder.bias")
-        if "lm_head.bias" in heads:
-            report.tied.append(("lm_head.decoder.bias", "lm_head.bias"))
+        other = heads.get("lm_head.bias")
+        if other is None or np.array_equal(np.asarray(other), np.asarray(bias)):
+            if other is not None:
+                report.tied.append(("lm_head.decoder.bias", "lm_head.bias"))
         else:
-            heads["lm_head.bias"] = bias
+            report.dropped.append(("lm_head.bias", "differs from lm_head.decoder.bias, the bias transformers' "
+                                                   "forward adds; that one is kept"))
+        heads["lm_head.bias"] = bias
     out.update(heads)
     return out, _warm_start_predicate(stack, heads, with_head=True)
 

@@ -174,3 +174,31 @@ def test_plain_bert_layouts_warm_start(save_dir):
     with torch.no_grad():
         ref = ref_model(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
     assert max_diff(ours(ids, mask).last_hidden_state, ref) <= TOL
+
+
+def test_untied_head_uses_the_decoder_bias_as_transformers_forward(save_dir):
+    # transformers 5 saves an untied head's lm_head.bias and lm_head.decoder.bias as two tensors; only
+    # lm_head.decoder.bias takes part in the forward. Edit a 4.56.2 checkpoint so the two differ.
+    from safetensors.numpy import load_file, save_file
+
+    tm = tiny_decoder(seed=44, tie_word_embeddings=False)
+    tm.save_pretrained(save_dir("hf"))
+    path = os.path.join(save_dir("hf"), "model.safetensors")
+    tensors = load_file(path)
+    rng = np.random.RandomState(45)
+    tensors["lm_head.decoder.bias"] = rng.randn(99).astype(np.float32)
+    tensors["lm_head.bias"] = rng.randn(99).astype(np.float32)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+    reference = transformers.BertGenerationDecoder.from_pretrained(save_dir("hf")).eval()
+    assert np.array_equal(reference.lm_head.decoder.bias.detach().numpy(), tensors["lm_head.decoder.bias"])
+    ours = BertGenerationDecoder.from_pretrained(save_dir("hf"))
+    ids, mask = batch(seed=46)
+    enc = np.random.RandomState(47).randn(3, 4, 32).astype(np.float32)
+    with torch.no_grad():
+        ref = reference(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                        encoder_hidden_states=torch.tensor(enc), use_cache=False).logits
+    assert max_diff(ours(ids, mask, encoder_hidden_states=enc).logits, ref) <= TOL
+    assert "lm_head.bias" in [key for key, _ in ours.conversion_report.dropped]
+    reason = dict(ours.conversion_report.dropped)["lm_head.bias"]
+    assert "lm_head.decoder.bias" in reason and "forward" in reason
