@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from typing import Any, Optional
 
 import jax
@@ -134,10 +135,22 @@ def _min_length(options: dict, prompt_len: int) -> tuple[int, int]:
     return int(options.get("min_length") or 0), int(options.get("min_new_tokens") or 0)
 
 
+def sampling_key(prng_key=None, seed=None):
+    """The key sampling draws from: `prng_key`, else `jax.random.PRNGKey(seed)`, else a fresh random key
+    (as transformers samples from torch's global generator: a new draw each call)."""
+    if prng_key is not None and seed is not None:
+        raise ValueError("pass prng_key or seed, not both")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+        return jax.random.PRNGKey(int(seed))
+    if prng_key is None:
+        return jax.random.PRNGKey(secrets.randbits(32))
+    return prng_key
+
+
 def _loop_kwargs(options: dict, max_length: int, prng_key) -> dict:
     min_length, min_new = _min_length(options, 0)
-    if options["do_sample"] and prng_key is None:
-        raise ValueError("do_sample=True needs prng_key (a jax.random key), so results are reproducible")
     return dict(
         max_length=max_length, min_length=min_length, min_new_tokens=min_new, do_sample=bool(options["do_sample"]),
         temperature=float(options["temperature"]), top_k=int(options["top_k"] or 0), top_p=float(options["top_p"]),
@@ -169,7 +182,7 @@ def _unbucket(output: generation.GenerateOutput, batch: int, num_return: int) ->
 
 
 # ----------------------------------------------------------------------------- encoder-decoder
-def encoder_decoder_generate(model, input_ids, attention_mask=None, *, params=None, prng_key=None, **user):
+def encoder_decoder_generate(model, input_ids, attention_mask=None, *, params=None, prng_key=None, seed=None, **user):
     from .models import check_token_ids
 
     options = resolve_options(model, user)
@@ -198,12 +211,12 @@ def encoder_decoder_generate(model, input_ids, attention_mask=None, *, params=No
                                                                           jnp.asarray(mask_b))
     prompt = jnp.full((rows, 1), int(start), jnp.int32)
     output = generation.generate(model.tokens_to_logits, params, cache, prompt,
-                                 **_loop_kwargs(options, max_length, prng_key))
+                                 **_loop_kwargs(options, max_length, sampling_key(prng_key, seed)))
     return _unbucket(output, batch, int(options["num_return_sequences"]))
 
 
 # ----------------------------------------------------------------------------- decoder only
-def decoder_generate(model, input_ids, attention_mask=None, *, params=None, prng_key=None, **user):
+def decoder_generate(model, input_ids, attention_mask=None, *, params=None, prng_key=None, seed=None, **user):
     from .models import check_token_ids
 
     options = resolve_options(model, user)
@@ -222,5 +235,5 @@ def decoder_generate(model, input_ids, attention_mask=None, *, params=None, prng
     cache = model._compiled_fn("_generation_cache", max_length=max_length)(params, jnp.asarray(mask_b, jnp.int32))
     options = dict(options)
     output = generation.generate(model.tokens_to_logits, params, cache, jnp.asarray(ids_b, jnp.int32),
-                                 **_loop_kwargs(options, max_length, prng_key))
+                                 **_loop_kwargs(options, max_length, sampling_key(prng_key, seed)))
     return _unbucket(output, batch, int(options["num_return_sequences"]))

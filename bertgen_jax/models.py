@@ -518,13 +518,17 @@ class BertGenerationDecoder(_FlaxModel):
                                  None, attention_mask,
                                  method=DecoderModule.init_cache)
 
-    def generate(self, input_ids, attention_mask=None, *, params=None, prng_key=None, **kwargs):
+    def generate(self, input_ids, attention_mask=None, *, params=None, prng_key=None, seed=None, **kwargs):
         """Continue the prompts `input_ids` [B, P] (transformers' `generate` semantics; see API.md).
 
         Returns `.sequences` [B * num_return_sequences, L] (prompt first, pad after EOS) and, for beam
         search, `.sequences_scores`. The decode is one compiled `lax.while_loop`.
+        Sampling (`do_sample=True`) draws from `prng_key`, or from `jax.random.PRNGKey(seed)` with `seed=`,
+        or, with neither, from a fresh random key each call (as transformers draws from torch's global
+        generator): pass one of them for reproducible samples.
         """
-        return decoder_generate(self, input_ids, attention_mask, params=params, prng_key=prng_key, **kwargs)
+        return decoder_generate(self, input_ids, attention_mask, params=params, prng_key=prng_key, seed=seed,
+                                        **kwargs)
 
     def init_cache(self, batch_size: int, max_length: int, encoder_hidden_states=None, encoder_attention_mask=None,
                    attention_mask=None, *, params=None):
@@ -680,14 +684,18 @@ class EncoderDecoderModel(_FlaxModel):
         return self._apply(params, input_ids.shape[0], max_length, states, attention_mask,
                            method=EncoderDecoderModule.init_cache)
 
-    def generate(self, input_ids, attention_mask=None, *, params=None, prng_key=None, **kwargs):
+    def generate(self, input_ids, attention_mask=None, *, params=None, prng_key=None, seed=None, **kwargs):
         """Generate from `input_ids` [B, S] with transformers' `generate` semantics (API.md lists the
         options; defaults come from generation_config.json or the config).
 
         Returns `.sequences` int32 [B * num_return_sequences, L] starting with the decoder start token,
         padded with pad_token_id after EOS, and `.sequences_scores` for beam search.
+        Sampling (`do_sample=True`) draws from `prng_key`, or from `jax.random.PRNGKey(seed)` with `seed=`,
+        or, with neither, from a fresh random key each call (as transformers draws from torch's global
+        generator): pass one of them for reproducible samples.
         """
-        return encoder_decoder_generate(self, input_ids, attention_mask, params=params, prng_key=prng_key, **kwargs)
+        return encoder_decoder_generate(self, input_ids, attention_mask, params=params, prng_key=prng_key, seed=seed,
+                                        **kwargs)
 
     def init_cache(self, batch_size, max_length, encoder_hidden_states, encoder_attention_mask=None, *, params=None):
         """Decoder cache with cross-attention K/V of `encoder_hidden_states` computed once."""

@@ -149,8 +149,34 @@ def test_sampling_is_reproducible_and_top_k_1_is_greedy(pair):
     top1 = np.asarray(model.generate(ids, mask, max_new_tokens=8, do_sample=True, top_k=1,
                                      prng_key=jax.random.PRNGKey(9)).sequences)
     np.testing.assert_array_equal(top1, greedy)
-    with pytest.raises(ValueError, match="prng_key"):
-        model.generate(ids, mask, do_sample=True)
+
+
+def test_sampling_checks_options_before_the_key_and_draws_a_fresh_key_without_one(pair):
+    import jax
+
+    _, model = pair
+    ids, mask = batch(seed=109, batch_size=2, length=8)
+    # No key given: every option is still checked and named.
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(ids, mask, do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate(ids, mask, do_sample=True, top_k=-3)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(ids, mask, do_sample=True, top_p=1.5)
+    # Without a key sampling works, on a fresh key per call: 16 wide draws are not all the same.
+    draws = {np.asarray(model.generate(ids, mask, max_new_tokens=8, do_sample=True, top_k=0,
+                                       temperature=5.0).sequences).tobytes() for _ in range(4)}
+    assert len(draws) > 1
+    # seed= is PRNGKey(seed).
+    kwargs = dict(max_new_tokens=8, do_sample=True, top_k=0, temperature=2.0)
+    by_seed = np.asarray(model.generate(ids, mask, seed=11, **kwargs).sequences)
+    np.testing.assert_array_equal(by_seed, np.asarray(model.generate(ids, mask, seed=11, **kwargs).sequences))
+    np.testing.assert_array_equal(
+        by_seed, np.asarray(model.generate(ids, mask, prng_key=jax.random.PRNGKey(11), **kwargs).sequences))
+    with pytest.raises(ValueError, match="not both"):
+        model.generate(ids, mask, seed=1, prng_key=jax.random.PRNGKey(1), **kwargs)
+    with pytest.raises(ValueError, match="seed"):
+        model.generate(ids, mask, seed=-1, **kwargs)
 
 
 def test_generate_option_errors(pair):
