@@ -503,9 +503,10 @@ del _name
 # Reading tokenizer_config.json / special_tokens_map.json / added_tokens.json like transformers
 # --------------------------------------------------------------------------------------------------
 
-# Keys of tokenizer_config.json that are bookkeeping, not constructor arguments.
+# Keys of tokenizer_config.json that are bookkeeping, not constructor arguments (`backend`: transformers 5
+# names the library behind the tokenizer, "tokenizers" or "sentencepiece").
 _DROP_CONFIG_KEYS = ("tokenizer_class", "auto_map", "name_or_path", "tokenizer_file", "special_tokens_map_file",
-                     "init_inputs", "vocab_file", "merges_file", "processor_class", "chat_template")
+                     "init_inputs", "vocab_file", "merges_file", "processor_class", "chat_template", "backend")
 
 
 def _load_init_kwargs(directory: str, user_kwargs: dict) -> dict:

@@ -319,6 +319,20 @@ def test_wordpiece_honours_do_lower_case_from_config(minilm_vocab_only, tmp_path
     assert_same_encoding(ours_json, theirs_json, ["Hello Café World", "ÉCOLE normale"])
 
 
+def test_tokenizer_saved_by_transformers_5(tmp_path):
+    # transformers 5 writes tokenizer.json plus a tokenizer_config.json naming its backend library and
+    # without added_tokens_decoder; the same ids as 4.56.2 reading the 4.x files.
+    directory = tmp_path / "v5"
+    directory.mkdir()
+    shutil.copy(os.path.join(MINILM_DIR, "tokenizer.json"), directory)
+    config = json.loads(open(os.path.join(MINILM_DIR, "tokenizer_config.json"), encoding="utf-8").read())
+    config.pop("added_tokens_decoder", None)
+    config.update(backend="tokenizers", tokenizer_class="BertTokenizer")
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    ours = AutoTokenizer.from_pretrained(directory)
+    assert_parity(ours, transformers.AutoTokenizer.from_pretrained(MINILM_DIR), TEXTS + [BERT_SPECIAL_TEXT])
+
+
 def test_bert2bert_wmt_style_special_token_overrides(tmp_path):
     """The bert2bert_wmt card: a WordPiece vocab holding <s>, </s>, <pad>, loaded with those overrides."""
     directory = tmp_path / "b2b"
