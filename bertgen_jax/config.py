@@ -14,6 +14,8 @@ import logging
 import os
 from typing import Any, Optional
 
+from converters.files import atomic_write_text
+
 from .activations import validate_activation
 
 logger = logging.getLogger(__name__)
@@ -22,12 +24,6 @@ CONFIG_NAME = "config.json"
 POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
 # Model types whose config.json describes the same encoder stack (used for warm starts).
 COMPATIBLE_MODEL_TYPES = ("bert-generation", "bert", "roberta")
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    from converters.checkpoint_io import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 class BertGenerationConfig:
@@ -146,7 +142,7 @@ class BertGenerationConfig:
 
     def save_pretrained(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
-        _atomic_write_text(os.path.join(directory, CONFIG_NAME), self.to_json_string())
+        atomic_write_text(os.path.join(directory, CONFIG_NAME), self.to_json_string())
 
     def copy(self, **changes: Any) -> "BertGenerationConfig":
         values = self.to_dict()
@@ -248,7 +244,7 @@ class EncoderDecoderConfig:
 
     def save_pretrained(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
-        _atomic_write_text(os.path.join(directory, CONFIG_NAME), self.to_json_string())
+        atomic_write_text(os.path.join(directory, CONFIG_NAME), self.to_json_string())
 
     def copy(self, **changes: Any) -> "EncoderDecoderConfig":
         values = self.to_dict()

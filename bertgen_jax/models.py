@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 from typing import Any, Optional
@@ -25,13 +24,14 @@ from converters.mapping import ConversionReport, flatten, load_into_tree, tree_t
 
 from .config import CONFIG_NAME, BertGenerationConfig, EncoderDecoderConfig, read_config_json
 from .flax_format import FLAX_WEIGHTS_NAME, load_flax_params
-from .generation_api import (GENERATION_CONFIG_NAME, decoder_generate, encoder_decoder_generate,
-                             read_generation_config)
+from .generation.options import (decoder_generate, encoder_decoder_generate, read_generation_config,
+                                 write_generation_config)
 from .hub import resolve_model_dir
+from .inputs import (IGNORE_INDEX, causal_lm_loss, check_mask, check_positions, check_token_ids,  # noqa: F401
+                     cross_entropy, is_traced, shift_tokens_right)
 from .modules import BertGenerationModule, DecoderModule, EncoderDecoderModule
 
 logger = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -62,99 +62,6 @@ class Seq2SeqLMOutput:
     decoder_hidden_states: Optional[tuple] = None
     decoder_attentions: Optional[tuple] = None
     cross_attentions: Optional[tuple] = None
-
-
-# ----------------------------------------------------------------------------- host-side checks
-def _is_traced(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
-def check_token_ids(ids, name: str, vocab_size: int, max_positions: Optional[int] = None,
-                    allow_ignore_index: bool = False):
-    """Validate an id matrix [B, T] on the host; returns it as an int32 array."""
-    if ids is None:
-        return None
-    if _is_traced(ids):
-        if ids.ndim != 2:
-            raise ValueError(f"{name} must be 2-D [batch, length], got shape {tuple(ids.shape)}")
-        return ids
-    array = np.asarray(ids)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [batch, length], got shape {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer token ids, got dtype {array.dtype}")
-    if array.shape[1] == 0:
-        raise ValueError(f"{name} is empty (length 0)")
-    if max_positions is not None and array.shape[1] > max_positions:
-        raise ValueError(f"{name} has length {array.shape[1]}, longer than max_position_embeddings={max_positions}")
-    valid = (array >= 0) & (array < vocab_size)
-    if allow_ignore_index:
-        valid |= array == IGNORE_INDEX
-    if not valid.all():
-        bad = array[~valid]
-        raise ValueError(
-            f"{name} holds token id {int(bad.flat[0])} outside [0, {vocab_size}) (vocab_size={vocab_size})"
-            + (f"; only {IGNORE_INDEX} may be used to ignore positions" if allow_ignore_index else "")
-        )
-    return jnp.asarray(array, jnp.int32)
-
-
-def check_mask(mask, name: str, like_shape, *, allow_3d: bool = False):
-    if mask is None:
-        return None
-    shape = tuple(mask.shape)
-    if len(shape) == 3 and allow_3d:
-        if shape[0] != like_shape[0] or shape[1] != like_shape[1]:
-            raise ValueError(f"{name} has shape {shape}; expected [{like_shape[0]}, {like_shape[1]}, keys]")
-    elif shape != tuple(like_shape):
-        raise ValueError(f"{name} has shape {shape}, which does not match the ids' shape {tuple(like_shape)}")
-    return mask if _is_traced(mask) else jnp.asarray(np.asarray(mask), jnp.int32)
-
-
-def check_positions(position_ids, input_shape, max_positions: int, name: str = "position_ids"):
-    if position_ids is None:
-        return None
-    if _is_traced(position_ids):
-        return position_ids
-    array = np.asarray(position_ids)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.shape[-1] != input_shape[1] or array.shape[0] not in (1, input_shape[0]):
-        raise ValueError(f"{name} has shape {array.shape}; expected [1 or {input_shape[0]}, {input_shape[1]}]")
-    if array.size and (array.min() < 0 or array.max() >= max_positions):
-        raise ValueError(f"{name} holds position {int(array.max() if array.max() >= max_positions else array.min())}"
-                         f" outside [0, {max_positions}) (max_position_embeddings)")
-    return jnp.asarray(array, jnp.int32)
-
-
-# ----------------------------------------------------------------------------- losses
-def cross_entropy(logits, labels):
-    """Mean token cross-entropy over labels != -100 (torch CrossEntropyLoss(ignore_index=-100)).
-
-    Computed in float32; with every label ignored the result is NaN, as in torch.
-    """
-    logits = logits.astype(jnp.float32)
-    valid = labels != IGNORE_INDEX
-    safe = jnp.where(valid, labels, 0)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.sum(valid)
-
-
-def causal_lm_loss(logits, labels):
-    """transformers' ForCausalLMLoss: position t predicts label t+1."""
-    return cross_entropy(logits[:, :-1], labels[:, 1:])
-
-
-def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
-    """transformers' shift_tokens_right: prepend the start token, replace -100 by pad."""
-    if decoder_start_token_id is None:
-        raise ValueError("config.decoder_start_token_id must be set to build decoder_input_ids from labels")
-    if pad_token_id is None:
-        raise ValueError("config.pad_token_id must be set to build decoder_input_ids from labels")
-    shifted = jnp.concatenate([jnp.full((labels.shape[0], 1), decoder_start_token_id, labels.dtype), labels[:, :-1]],
-                              axis=1)
-    return jnp.where(shifted == IGNORE_INDEX, pad_token_id, shifted)
 
 
 # ----------------------------------------------------------------------------- decoding steps
@@ -372,9 +279,7 @@ class _FlaxModel:
             metadata = {"format": self.quantization.SAFETENSORS_FORMAT}  # transformers refuses this format
         checkpoint_io.save_state_dict(self.state_dict(), directory, max_shard_size=max_shard_size, metadata=metadata)
         config.save_pretrained(directory)
-        if self.generation_config:
-            checkpoint_io.atomic_write_text(os.path.join(directory, GENERATION_CONFIG_NAME),
-                                            json.dumps(self.generation_config, indent=2, sort_keys=True) + "\n")
+        write_generation_config(directory, self.generation_config)
 
     # --- generation plumbing: one stable step function per module, so compiled loops are reused
     @property
@@ -387,6 +292,11 @@ class _FlaxModel:
 
     def _step_function(self):
         raise NotImplementedError
+
+    def _build_generation_cache(self, params, *arrays_and_max_length):
+        """The cache builder handed to generation: `(params, *arrays, max_length) -> cache`."""
+        *arrays, max_length = arrays_and_max_length
+        return self._compiled_fn("_generation_cache", max_length=max_length)(params, *arrays)
 
     def _config_for_save(self):
         return self.config
@@ -498,7 +408,7 @@ class BertGenerationDecoder(_FlaxModel):
                                  f"expected [{input_ids.shape[0]}, source_length, hidden]")
             encoder_attention_mask = check_mask(encoder_attention_mask, "encoder_attention_mask",
                                                 encoder_hidden_states.shape[:2])
-        if cache is not None and not _is_traced(cache["index"]):
+        if cache is not None and not is_traced(cache["index"]):
             end = int(cache["index"]) + input_ids.shape[1]
             capacity = cache["self"][0]["key"].shape[2]
             if end > capacity:
@@ -527,8 +437,9 @@ class BertGenerationDecoder(_FlaxModel):
         or, with neither, from a fresh random key each call (as transformers draws from torch's global
         generator): pass one of them for reproducible samples.
         """
-        return decoder_generate(self, input_ids, attention_mask, params=params, prng_key=prng_key, seed=seed,
-                                        **kwargs)
+        return decoder_generate(self.tokens_to_logits, self._build_generation_cache,
+                                self.params if params is None else params, self.config, input_ids, attention_mask,
+                                generation_config=self.generation_config, prng_key=prng_key, seed=seed, **kwargs)
 
     def init_cache(self, batch_size: int, max_length: int, encoder_hidden_states=None, encoder_attention_mask=None,
                    attention_mask=None, *, params=None):
@@ -694,8 +605,10 @@ class EncoderDecoderModel(_FlaxModel):
         or, with neither, from a fresh random key each call (as transformers draws from torch's global
         generator): pass one of them for reproducible samples.
         """
-        return encoder_decoder_generate(self, input_ids, attention_mask, params=params, prng_key=prng_key, seed=seed,
-                                        **kwargs)
+        return encoder_decoder_generate(self.tokens_to_logits, self._build_generation_cache,
+                                        self.params if params is None else params, self.config, input_ids,
+                                        attention_mask, generation_config=self.generation_config,
+                                        prng_key=prng_key, seed=seed, **kwargs)
 
     def init_cache(self, batch_size, max_length, encoder_hidden_states, encoder_attention_mask=None, *, params=None):
         """Decoder cache with cross-attention K/V of `encoder_hidden_states` computed once."""

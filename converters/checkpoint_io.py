@@ -25,6 +25,9 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import ml_dtypes
 import numpy as np
 
+from .files import (_fsync_dir, _fsync_file, _remove_quietly, _temp_path, atomic_write_bytes,  # noqa: F401
+                    atomic_write_text)
+
 PathLike = Union[str, "os.PathLike[str]"]
 StateDict = Dict[str, np.ndarray]
 
@@ -261,68 +264,13 @@ def _torch_to_numpy(torch, tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-# ----------------------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(directory: str) -> None:
-    # Makes the renames themselves durable; not possible on every platform (Windows), so best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temp_path(final_path: str) -> str:
-    # Hidden and with a foreign suffix, so no loader (ours or transformers') takes it for weights.
-    folder, name = os.path.split(os.path.abspath(final_path))
-    return os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+# ----------------------------------------------------------------------------- atomic writes (see files.py)
 
 
 def _backup_path(shard_path: str) -> str:
     # Must still end in ".safetensors": transformers picks its reader by the shard's suffix.
     folder, name = os.path.split(os.path.abspath(shard_path))
     return os.path.join(folder, f".{name[: -len('.safetensors')]}.{secrets.token_hex(6)}.bak.safetensors")
-
-
-def _fsync_file(path: str) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    path = os.fspath(path)
-    tmp = _temp_path(path)
-    try:
-        # 0o666 & ~umask, like open(); mkstemp would leave a private 0600 file.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
-    """Text version of :func:`atomic_write_bytes` (config.json and friends)."""
-    atomic_write_bytes(path, text.encode(encoding))
 
 
 # ----------------------------------------------------------------------------- saving

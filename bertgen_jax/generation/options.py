@@ -1,10 +1,12 @@
-"""`generate` for the models: defaults as transformers resolves them, host-side checks, shape buckets.
+"""`generate` glue: defaults as transformers resolves them, host-side checks, shape buckets, and
+`generation_config.json` (read and written here).
 
-The decoding loop itself is model-agnostic (`generation.py`). Here the encoder runs once, the
-decoder cache is built once (cross-attention keys/values included), and the inputs are padded to
-shape buckets so that a stream of different inputs reuses a few compiled programs:
-lengths to the next power of two (at least 16), batch sizes to the next power of two (extra rows
-copy the first one, so they finish with it and do not hold the loop open).
+It receives arrays, a `tokens_to_logits` step and a cache builder, never a model object; the loop
+itself is `loop.py`. The cache builder runs the encoder once and fills the decoder cache
+(cross-attention keys/values included). Inputs are padded to shape buckets so that a stream of
+different inputs reuses a few compiled programs: lengths to the next power of two (at least 16),
+batch sizes to the next power of two (extra rows copy the first one, so they finish with it and do
+not hold the loop open).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import generation
+from converters.files import atomic_write_text
+
+from ..inputs import check_mask, check_token_ids
+from . import loop
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 
@@ -58,6 +63,13 @@ def read_generation_config(directory: str) -> dict:
     return {k: v for k, v in values.items() if k in GENERATION_DEFAULTS}
 
 
+def write_generation_config(directory: str, values: dict) -> None:
+    """generation_config.json as transformers writes it (sorted keys), atomically; nothing for {}."""
+    if values:
+        atomic_write_text(os.path.join(directory, GENERATION_CONFIG_NAME),
+                          json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
 def defaults_from_model_config(config) -> dict:
     """transformers' GenerationConfig.from_model_config: top-level values, then unset ones from the
     decoder sub-config."""
@@ -74,11 +86,10 @@ def defaults_from_model_config(config) -> dict:
     return values
 
 
-def resolve_options(model, user: dict) -> dict:
-    """Merge defaults: generation_config.json (or the model config) < explicit arguments."""
-    stored = getattr(model, "generation_config", None) or {}
+def resolve_options(model_config, stored: Optional[dict], user: dict) -> dict:
+    """Merge defaults: generation_config.json (`stored`, or the model config) < explicit arguments."""
     options = dict(GENERATION_DEFAULTS)
-    options.update(stored if stored else defaults_from_model_config(model.config))
+    options.update(stored if stored else defaults_from_model_config(model_config))
     options.update({k: v for k, v in user.items() if v is not None})
     if options["eos_token_id"] is None:
         eos = ()
@@ -164,8 +175,6 @@ def _loop_kwargs(options: dict, max_length: int, prng_key) -> dict:
 def _attention_mask(ids: np.ndarray, attention_mask, options: dict) -> np.ndarray:
     """The given mask (checked), or transformers' default: mask padding only if the pad id occurs in
     the inputs and differs from every EOS id."""
-    from .models import check_mask
-
     if attention_mask is None:
         pad, eos = options["pad_token_id"], options["eos_token_id"]
         if pad is not None and (ids == pad).any() and pad not in eos:
@@ -175,18 +184,23 @@ def _attention_mask(ids: np.ndarray, attention_mask, options: dict) -> np.ndarra
     return np.asarray(check_mask(attention_mask, "attention_mask", ids.shape))
 
 
-def _unbucket(output: generation.GenerateOutput, batch: int, num_return: int) -> generation.GenerateOutput:
+def _unbucket(output: loop.GenerateOutput, batch: int, num_return: int) -> loop.GenerateOutput:
     rows = batch * num_return
     scores = None if output.sequences_scores is None else output.sequences_scores[:rows]
-    return generation.GenerateOutput(sequences=output.sequences[:rows], sequences_scores=scores)
+    return loop.GenerateOutput(sequences=output.sequences[:rows], sequences_scores=scores)
 
 
 # ----------------------------------------------------------------------------- encoder-decoder
-def encoder_decoder_generate(model, input_ids, attention_mask=None, *, params=None, prng_key=None, seed=None, **user):
-    from .models import check_token_ids
+def encoder_decoder_generate(tokens_to_logits, build_cache, params, config, input_ids, attention_mask=None, *,
+                             generation_config=None, prng_key=None, seed=None, **user):
+    """Generate for an encoder-decoder of `config` (an EncoderDecoderConfig).
 
-    options = resolve_options(model, user)
-    enc_config, dec_config = model.config.encoder, model.config.decoder
+    `build_cache(params, input_ids, attention_mask, max_length)` runs the encoder and returns the
+    decoder cache; `tokens_to_logits` is the loop's step (see `loop.py`); `generation_config` the
+    stored generation_config.json values.
+    """
+    options = resolve_options(config, generation_config, user)
+    enc_config, dec_config = config.encoder, config.decoder
     ids = np.asarray(check_token_ids(input_ids, "input_ids", enc_config.vocab_size, enc_config.max_position_embeddings))
     mask = _attention_mask(ids, attention_mask, options)
     start = options["decoder_start_token_id"]
@@ -205,22 +219,19 @@ def encoder_decoder_generate(model, input_ids, attention_mask=None, *, params=No
     mask_b = np.zeros((rows, padded_len), np.int32)
     ids_b[:batch, :length], mask_b[:batch, :length] = ids, mask
     ids_b, mask_b = _pad_batch(ids_b[:batch], rows), _pad_batch(mask_b[:batch], rows)
-    params = model.params if params is None else params
 
-    cache = model._compiled_fn("_generation_cache", max_length=max_length)(params, jnp.asarray(ids_b),
-                                                                          jnp.asarray(mask_b))
+    cache = build_cache(params, jnp.asarray(ids_b), jnp.asarray(mask_b), max_length)
     prompt = jnp.full((rows, 1), int(start), jnp.int32)
-    output = generation.generate(model.tokens_to_logits, params, cache, prompt,
-                                 **_loop_kwargs(options, max_length, sampling_key(prng_key, seed)))
+    output = loop.generate(tokens_to_logits, params, cache, prompt,
+                           **_loop_kwargs(options, max_length, sampling_key(prng_key, seed)))
     return _unbucket(output, batch, int(options["num_return_sequences"]))
 
 
 # ----------------------------------------------------------------------------- decoder only
-def decoder_generate(model, input_ids, attention_mask=None, *, params=None, prng_key=None, seed=None, **user):
-    from .models import check_token_ids
-
-    options = resolve_options(model, user)
-    config = model.config
+def decoder_generate(tokens_to_logits, build_cache, params, config, input_ids, attention_mask=None, *,
+                     generation_config=None, prng_key=None, seed=None, **user):
+    """Continue prompts with a decoder of `config`; `build_cache(params, attention_mask, max_length)`."""
+    options = resolve_options(config, generation_config, user)
     if config.add_cross_attention:
         raise ValueError("this decoder has cross-attention: generate with the EncoderDecoderModel that feeds it")
     ids = np.asarray(check_token_ids(input_ids, "input_ids", config.vocab_size, config.max_position_embeddings))
@@ -231,9 +242,7 @@ def decoder_generate(model, input_ids, attention_mask=None, *, params=None, prng
     batch = ids.shape[0]
     rows = _bucket(batch)
     ids_b, mask_b = _pad_batch(ids, rows), _pad_batch(mask, rows)
-    params = model.params if params is None else params
-    cache = model._compiled_fn("_generation_cache", max_length=max_length)(params, jnp.asarray(mask_b, jnp.int32))
-    options = dict(options)
-    output = generation.generate(model.tokens_to_logits, params, cache, jnp.asarray(ids_b, jnp.int32),
-                                 **_loop_kwargs(options, max_length, sampling_key(prng_key, seed)))
+    cache = build_cache(params, jnp.asarray(mask_b, jnp.int32), max_length)
+    output = loop.generate(tokens_to_logits, params, cache, jnp.asarray(ids_b, jnp.int32),
+                           **_loop_kwargs(options, max_length, sampling_key(prng_key, seed)))
     return _unbucket(output, batch, int(options["num_return_sequences"]))
