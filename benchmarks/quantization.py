@@ -100,7 +100,7 @@ def save_variants(size: str, workdir: str, variants=VARIANTS, fusion_model: str 
     import jax.numpy as jnp
 
     from bertgen_jax import EncoderDecoderModel
-    from bertgen_jax.quantization import quantize_model
+    from bertgen_jax import quantize_model
 
     dirs = {v: os.path.join(workdir, v) for v in ("float32", *variants)}
     model = build_float32(size, fusion_model)

@@ -13,7 +13,8 @@ from .models import (
     shift_tokens_right,
 )
 from .pipeline import pipeline
-from .quantization import QuantizationConfig, quantize_model
+from .models import quantize_model
+from .quantization import QuantizationConfig
 from .tokenization import AutoTokenizer, BertGenerationTokenizer
 
 __version__ = "0.1.0"

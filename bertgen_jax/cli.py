@@ -51,7 +51,7 @@ def cmd_convert(args) -> int:
     cls = model_class_for(args.source, args.model_class)
     model = cls.from_pretrained(args.source)
     if getattr(model, "quantization", None) is not None:  # int8/int4 checkpoint: write the dequantized weights
-        from .quantization import dequantize_model
+        from .models import dequantize_model
 
         print(f"{args.source} holds {model.quantization.mode} weights: writing them dequantized "
               f"({model.param_dtype.name})")

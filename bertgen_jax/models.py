@@ -8,10 +8,11 @@ jit-compiled apply, compiled once per set of static flags and input shapes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import flax
 import jax
@@ -21,6 +22,7 @@ import numpy as np
 from converters import checkpoint_io
 from converters.layouts import decoder_layout, encoder_decoder_layout, encoder_layout, expand_tied_encoder
 from converters.mapping import ConversionReport, flatten, load_into_tree, tree_to_state_dict, unflatten
+from converters.quantized import qweight_hook, quantized_state_dict
 
 from .config import CONFIG_NAME, BertGenerationConfig, EncoderDecoderConfig, read_config_json
 from .flax_format import FLAX_WEIGHTS_NAME, load_flax_params
@@ -30,6 +32,7 @@ from .hub import resolve_model_dir
 from .inputs import (IGNORE_INDEX, causal_lm_loss, check_mask, check_positions, check_token_ids,  # noqa: F401
                      cross_entropy, is_traced, shift_tokens_right)
 from .modules import BertGenerationModule, DecoderModule, EncoderDecoderModule
+from .quantization import QuantizationConfig, dequantize_tree, is_quantized_leaf, quantize_params
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,83 @@ def _decoder_step(module, module_params, params, token_ids, cache):
 def _encoder_decoder_step(module, module_params, params, token_ids, cache):
     out = module.apply({"params": module_params(params)}, token_ids, cache=cache, method=EncoderDecoderModule.decode)
     return out["logits"][:, -1, :], out["cache"]
+
+
+# ----------------------------------------------------------------------------- quantized models
+def _with_params(model, params, quantization):
+    """A shallow copy of `model` holding `params` (compiled functions are not shared)."""
+    new = copy.copy(model)
+    new.__dict__.pop("_step_fn", None)  # bound to the old model's _module_params
+    new._compiled = {}
+    new.params = params
+    new.quantization = quantization
+    return new
+
+
+def quantize_model(model, config="int8"):
+    """A new model whose selected kernels are int8/int4 (scales in `model.dtype`); `model` is unchanged.
+
+    The float weights are read to the host, quantized with numpy and only the result is put on the
+    default device.
+    """
+    config = QuantizationConfig.coerce(config)
+    if getattr(model, "quantization", None) is not None:
+        raise ValueError(f"this model is already quantized ({model.quantization.mode}); quantize the float model")
+    host = jax.tree_util.tree_map(np.asarray, model.params)
+    params = quantize_params(host, config, scale_dtype=model.dtype)
+    if not any(is_quantized_leaf(v) for v in _leaf_dicts(params)):
+        raise ValueError(f"quantization {config}: no weight matched include/exclude")
+    return _with_params(model, jax.device_put(params), config)
+
+
+def _leaf_dicts(tree):
+    for value in tree.values():
+        if is_quantized_leaf(value):
+            yield value
+        elif isinstance(value, Mapping):
+            yield from _leaf_dicts(value)
+
+
+def dequantize_model(model, dtype=None):
+    """A float model with the dequantized weights (in `dtype`, default the model's param_dtype), for
+    export to transformers (`bertgen convert`) or fine-tuning."""
+    if getattr(model, "quantization", None) is None:
+        return model
+    dtype = jnp.dtype(dtype or model.param_dtype)
+    params = jax.tree_util.tree_map(np.asarray, jax.jit(dequantize_tree, static_argnums=1)(model.params, dtype))
+    return _with_params(model, jax.device_put(params), None)
+
+
+def host_device():
+    """Context in which freshly loaded float weights land in host memory (quantized before the device)."""
+    try:
+        return jax.default_device(jax.devices("cpu")[0])
+    except RuntimeError:  # no CPU backend in this process
+        return contextlib.nullcontext()
+
+
+def saved_quantization(directory: str) -> Optional[dict]:
+    """The `quantization_config` of a checkpoint directory's config.json, if it has one."""
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        return None
+    values = read_config_json(path)
+    return values.get("quantization_config") if isinstance(values, dict) else None
+
+
+def load_quantized(cls, directory: str, config, saved, *, dtype=jnp.float32, param_dtype=None, requested=None):
+    """Restore a model written by `save_pretrained` of a quantized model (same integers, same scales)."""
+    qconfig = QuantizationConfig.from_dict(saved)
+    if requested is not None and QuantizationConfig.coerce(requested) != qconfig:
+        raise ValueError(f"{directory} is already quantized ({qconfig.mode}); load it without quantization= "
+                         f"or load the float checkpoint to quantize it as {requested!r}")
+    config = config.copy()
+    config.__dict__.pop("quantization_config", None)  # held by model.quantization, written back on save
+    model = cls(config, {}, dtype=dtype, param_dtype=param_dtype)
+    params, _ = load_into_tree(checkpoint_io.load_state_dict(directory), model.param_shapes(),
+                               source=f"quantized checkpoint {directory}",
+                               leaf_hook=qweight_hook(model.dtype, directory))
+    return _with_params(model, jax.device_put(params), qconfig)
 
 
 # ----------------------------------------------------------------------------- base
@@ -137,8 +217,6 @@ class _FlaxModel:
         """The tree the linen module sees, built inside the jitted function: quantized kernels are
         dequantized here (so only the small integers are stored), tied weights expanded."""
         if self.quantization is not None:
-            from .quantization import dequantize_tree
-
             # Dense kernels stay quantized: QuantDense dequantizes each at its call, so the while_loop
             # of generate never holds float copies of all kernels at once.
             params = dequantize_tree(params, self.dtype, keep_kernels=True)
@@ -196,22 +274,20 @@ class _FlaxModel:
                         revision=None, local_files_only=False, cache_dir=None, config=None, seed: int = 0,
                         **config_overrides):
         """Load a checkpoint written by transformers' or this project's `save_pretrained`, or a hub repo id."""
-        from . import quantization as quant
-
         if quantization is not None:
-            quantization = quant.QuantizationConfig.coerce(quantization)  # bad values fail before loading
+            quantization = QuantizationConfig.coerce(quantization)  # bad values fail before loading
         directory = _resolve_dir(path_or_repo_id, revision, cache_dir, local_files_only)
         if config is None:
             config = cls._read_config(directory, config_overrides)
         elif config_overrides:
             config = config.copy(**config_overrides)
-        saved_quantization = quant.saved_quantization(directory)
-        if saved_quantization is not None:  # written by save_pretrained of a quantized model
-            model = quant.load_quantized(cls, directory, config, saved_quantization, dtype=dtype,
-                                         param_dtype=param_dtype, requested=quantization)
+        saved = saved_quantization(directory)
+        if saved is not None:  # written by save_pretrained of a quantized model
+            model = load_quantized(cls, directory, config, saved, dtype=dtype, param_dtype=param_dtype,
+                                   requested=quantization)
         else:
             # To be quantized: load the float weights into host memory, so only the integers reach the device.
-            with quant.host_device() if quantization is not None else contextlib.nullcontext():
+            with host_device() if quantization is not None else contextlib.nullcontext():
                 if _has_only_flax_weights(directory):
                     model = cls.from_flax_file(os.path.join(directory, FLAX_WEIGHTS_NAME), config, dtype=dtype,
                                                param_dtype=param_dtype)
@@ -221,7 +297,7 @@ class _FlaxModel:
                                                 source=str(path_or_repo_id))
                     del state_dict  # freed before the trim below
             if quantization is not None:
-                model = quant.quantize_model(model, quantization)
+                model = quantize_model(model, quantization)
         checkpoint_io.release_freed_host_memory()
         model.generation_config = read_generation_config(directory)
         return model
@@ -265,9 +341,7 @@ class _FlaxModel:
         """PyTorch-layout state dict (names as transformers saves them; a quantized model gives its
         integers and scales, see quantization.py)."""
         if self.quantization is not None:
-            from .quantization import quantized_state_dict
-
-            return quantized_state_dict(self)
+            return quantized_state_dict(self.params)
         return self._export_tree()
 
     def save_pretrained(self, directory: str, *, max_shard_size=None) -> None:
@@ -642,10 +716,8 @@ class EncoderDecoderModel(_FlaxModel):
         decoder_start_token_id, pad_token_id, tie_encoder_decoder) go to the top-level config.
         `quantization` ("int8", "int4" or a QuantizationConfig) quantizes the warm-started model.
         """
-        from . import quantization as quant
-
         if quantization is not None:
-            quantization = quant.QuantizationConfig.coerce(quantization)  # bad values fail before loading
+            quantization = QuantizationConfig.coerce(quantization)  # bad values fail before loading
         enc_kwargs = {k[len("encoder_"):]: v for k, v in kwargs.items() if k.startswith("encoder_")}
         dec_kwargs = {k[len("decoder_"):]: v for k, v in kwargs.items()
                       if k.startswith("decoder_") and k != "decoder_start_token_id"}
@@ -665,5 +737,5 @@ class EncoderDecoderModel(_FlaxModel):
             if model.config.tie_encoder_decoder:
                 model.params = model._strip_tied(model.params)
         if quantization is not None:
-            model = quant.quantize_model(model, quantization)
+            model = quantize_model(model, quantization)
         return model

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from .activations import ACTIVATIONS, PReLU, XIELU
 from .config import BertGenerationConfig
-from .quantization import QuantDense
+from .quantization import QVALUE, SCALE, dequantize_kernel, is_quantized_leaf
 
 Array = Any
 MASK_MIN = float(jnp.finfo(jnp.float32).min)
@@ -34,6 +34,30 @@ MASK_MIN = float(jnp.finfo(jnp.float32).min)
 
 def _normal(config: BertGenerationConfig):
     return nn.initializers.normal(stddev=config.initializer_range)
+
+
+class QuantDense(nn.Dense):
+    """nn.Dense that also accepts a quantized kernel ({"qvalue", "scale"}) and dequantizes it at the call.
+
+    The integers are made to depend on the layer input (`where(x0 == x0, q, 0)`, true unless x0 is
+    NaN, and then the output is NaN anyway), so XLA can neither hoist the int->float conversion out of
+    a decoding `while_loop` nor schedule all layers' conversions up front: only one float kernel is
+    live at a time. A plain function of the params (`dequantize_tree`) is loop-invariant, and XLA then
+    keeps a float copy of every decoder kernel alive for the whole loop.
+    """
+
+    @nn.compact
+    def __call__(self, inputs):
+        leaf = self.get_variable("params", "kernel") if self.has_variable("params", "kernel") else None
+        if not is_quantized_leaf(leaf):
+            return super().__call__(inputs)
+        x0 = inputs.reshape(-1)[0]
+        q = jnp.where(x0 == x0, leaf[QVALUE], jnp.zeros((), leaf[QVALUE].dtype))
+        kernel = dequantize_kernel({QVALUE: q, SCALE: leaf[SCALE]}, self.dtype or inputs.dtype)
+        bias = self.get_variable("params", "bias") if self.use_bias else None
+        inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        y = jax.lax.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+        return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
 def _dense(config, features, dtype, param_dtype, name=None):

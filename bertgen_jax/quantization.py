@@ -35,6 +35,11 @@ type" and then refuses the file ("Incompatible safetensors file ... but bertgen_
 than loading it with newly initialised kernels.
 `bertgen convert` of such a directory writes the dequantized float weights, which transformers loads.
 
+Where the pieces live: this module is the array math and the params-tree walk (pure, imports nothing
+of the project); `QuantDense` is with the linen modules (`modules.py`); quantizing, dequantizing and
+loading a model are with the models (`models.py`); the `.qweight` file format is
+`converters/quantized.py`, a per-leaf hook of the one checkpoint key walk.
+
 Why not a library: qwix (the JAX quantization library, alpha at 0.1.x) quantizes by intercepting the
 linen module's dot_generals and holds its own QArray leaves; that replaces `model.module` and the
 params tree layout that the converters, generation and save/load here rely on, and it stores int4 as
@@ -43,20 +48,14 @@ params tree layout that the converters, generation and save/load here rely on, a
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
-import json
-import os
 import re
 from typing import Mapping, Optional, Sequence, Union
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from converters.mapping import CheckpointKeyError, flatten, torch_key, unflatten
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 QUANT_METHOD = "bertgen_jax"
 MODES = ("int8", "int4")
@@ -240,10 +239,10 @@ def quantize_params(params: dict, config, scale_dtype=jnp.float32) -> dict:
     """Quantize the selected leaves of a params tree on the host; returns a tree of numpy arrays."""
     config = QuantizationConfig.coerce(config)
     out = {}
-    for path, value in flatten(params).items():
+    for path, value in flatten_dict(params).items():
         out[path] = (_quantize_leaf(path[-1], value, config, scale_dtype) if _candidate(path, value, config)
                      else np.asarray(value))
-    return unflatten(_flatten_leaves(out))
+    return unflatten_dict(_flatten_leaves(out))
 
 
 def _flatten_leaves(flat: dict) -> dict:
@@ -274,151 +273,5 @@ def dequantize_tree(params, dtype=jnp.float32, *, keep_kernels: bool = False):
     return walk(params, None)
 
 
-class QuantDense(nn.Dense):
-    """nn.Dense that also accepts a quantized kernel ({"qvalue", "scale"}) and dequantizes it at the call.
-
-    The integers are made to depend on the layer input (`where(x0 == x0, q, 0)`, true unless x0 is
-    NaN, and then the output is NaN anyway), so XLA can neither hoist the int->float conversion out of
-    a decoding `while_loop` nor schedule all layers' conversions up front: only one float kernel is
-    live at a time. A plain function of the params (`dequantize_tree`) is loop-invariant, and XLA then
-    keeps a float copy of every decoder kernel alive for the whole loop.
-    """
-
-    @nn.compact
-    def __call__(self, inputs):
-        leaf = self.get_variable("params", "kernel") if self.has_variable("params", "kernel") else None
-        if not is_quantized_leaf(leaf):
-            return super().__call__(inputs)
-        x0 = inputs.reshape(-1)[0]
-        q = jnp.where(x0 == x0, leaf[QVALUE], jnp.zeros((), leaf[QVALUE].dtype))
-        kernel = dequantize_kernel({QVALUE: q, SCALE: leaf[SCALE]}, self.dtype or inputs.dtype)
-        bias = self.get_variable("params", "bias") if self.use_bias else None
-        inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        y = jax.lax.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=self.precision)
-        return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
-
-
 def tree_nbytes(tree) -> int:
     return int(sum(np.dtype(x.dtype).itemsize * int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree)))
-
-
-# ----------------------------------------------------------------------------- models
-def _with_params(model, params, quantization):
-    """A shallow copy of `model` holding `params` (compiled functions are not shared)."""
-    new = copy.copy(model)
-    new.__dict__.pop("_step_fn", None)  # bound to the old model's _module_params
-    new._compiled = {}
-    new.params = params
-    new.quantization = quantization
-    return new
-
-
-def quantize_model(model, config="int8"):
-    """A new model whose selected kernels are int8/int4 (scales in `model.dtype`); `model` is unchanged.
-
-    The float weights are read to the host, quantized with numpy and only the result is put on the
-    default device.
-    """
-    config = QuantizationConfig.coerce(config)
-    if getattr(model, "quantization", None) is not None:
-        raise ValueError(f"this model is already quantized ({model.quantization.mode}); quantize the float model")
-    host = jax.tree_util.tree_map(np.asarray, model.params)
-    params = quantize_params(host, config, scale_dtype=model.dtype)
-    if not any(is_quantized_leaf(v) for v in _leaf_dicts(params)):
-        raise ValueError(f"quantization {config}: no weight matched include/exclude")
-    return _with_params(model, jax.device_put(params), config)
-
-
-def _leaf_dicts(tree):
-    for value in tree.values():
-        if is_quantized_leaf(value):
-            yield value
-        elif isinstance(value, Mapping):
-            yield from _leaf_dicts(value)
-
-
-def dequantize_model(model, dtype=None):
-    """A float model with the dequantized weights (in `dtype`, default the model's param_dtype), for
-    export to transformers (`bertgen convert`) or fine-tuning."""
-    if getattr(model, "quantization", None) is None:
-        return model
-    dtype = jnp.dtype(dtype or model.param_dtype)
-    params = jax.tree_util.tree_map(np.asarray, jax.jit(dequantize_tree, static_argnums=1)(model.params, dtype))
-    return _with_params(model, jax.device_put(params), None)
-
-
-def host_device():
-    """Context in which freshly loaded float weights land in host memory (quantized before the device)."""
-    try:
-        return jax.default_device(jax.devices("cpu")[0])
-    except RuntimeError:  # no CPU backend in this process
-        return contextlib.nullcontext()
-
-
-# ----------------------------------------------------------------------------- save / load
-def quantized_state_dict(model) -> dict[str, np.ndarray]:
-    """The tensors `save_pretrained` writes for a quantized model (see the module docstring)."""
-    out = {}
-    for path, value in flatten(jax.tree_util.tree_map(np.asarray, model.params)).items():
-        if len(path) > 1 and path[-2] in ("kernel", "embedding"):  # inside a quantized leaf
-            module = torch_key(path[:-1])[: -len(".weight")]
-            kernel = path[-2] == "kernel"  # Dense [in, out] -> torch [out, in]
-            name = f"{module}.qweight" if path[-1] == QVALUE else f"{module}.qweight_scale"
-            out[name] = np.ascontiguousarray(value.T if kernel else value)
-        else:
-            out[torch_key(path)] = np.ascontiguousarray(value.T if path[-1] == "kernel" else value)
-    return out
-
-
-def saved_quantization(directory: str) -> Optional[dict]:
-    """The `quantization_config` of a checkpoint directory's config.json, if it has one."""
-    path = os.path.join(directory, "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        values = json.load(handle)
-    return values.get("quantization_config") if isinstance(values, dict) else None
-
-
-def load_quantized(cls, directory: str, config, saved: Mapping, *, dtype=jnp.float32, param_dtype=None,
-                   requested=None):
-    """Restore a model written by `save_pretrained` of a quantized model (same integers, same scales)."""
-    from converters import checkpoint_io
-
-    qconfig = QuantizationConfig.from_dict(saved)
-    if requested is not None and QuantizationConfig.coerce(requested) != qconfig:
-        raise ValueError(f"{directory} is already quantized ({qconfig.mode}); load it without quantization= "
-                         f"or load the float checkpoint to quantize it as {requested!r}")
-    config = config.copy()
-    config.__dict__.pop("quantization_config", None)  # held by model.quantization, written back on save
-    model = cls(config, {}, dtype=dtype, param_dtype=param_dtype)
-    state_dict = checkpoint_io.load_state_dict(directory)
-    params, missing = {}, []
-    for path, spec in flatten(model.param_shapes()).items():
-        key = torch_key(path)
-        base = key[: -len(".weight")] if key.endswith(".weight") else None
-        if base is not None and f"{base}.qweight" in state_dict:
-            qvalue = state_dict.pop(f"{base}.qweight")
-            scale = state_dict.pop(f"{base}.qweight_scale", None)
-            if scale is None:
-                raise CheckpointKeyError(f"{directory}: {base}.qweight has no {base}.qweight_scale")
-            if path[-1] == "kernel":
-                qvalue, scale = qvalue.T, scale.T
-            leaf = {QVALUE: np.ascontiguousarray(qvalue), SCALE: np.ascontiguousarray(scale).astype(model.dtype)}
-            got = tuple(np.shape(jax.eval_shape(lambda x: _dequantize_leaf(path[-1], x, jnp.float32), leaf)))
-            if got != tuple(spec.shape):
-                raise CheckpointKeyError(f"{directory}: {base}.qweight dequantizes to shape {got}, "
-                                         f"the model config expects {tuple(spec.shape)} for {key}")
-            params[path] = leaf
-        elif key in state_dict:
-            array = np.asarray(state_dict.pop(key))
-            array = array.T if path[-1] == "kernel" else array
-            if tuple(array.shape) != tuple(spec.shape):
-                raise CheckpointKeyError(f"{directory}: {key} has shape {array.shape}, expected {tuple(spec.shape)}")
-            params[path] = np.ascontiguousarray(array).astype(spec.dtype)
-        else:
-            missing.append(key)
-    if missing or state_dict:
-        raise CheckpointKeyError(f"quantized checkpoint {directory}: missing {missing[:5]}, "
-                                 f"unexpected {sorted(state_dict)[:5]}")
-    return _with_params(model, jax.device_put(unflatten(_flatten_leaves(params))), qconfig)

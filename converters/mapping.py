@@ -136,12 +136,15 @@ def load_into_tree(
     seed: int = 0,
     report: Optional[ConversionReport] = None,
     finalize: Callable = lambda array: array,
+    leaf_hook: Optional[Callable] = None,
 ) -> tuple[dict, ConversionReport]:
     """Fill the Flax tree `expected` (leaves: anything with .shape and .dtype) from `state_dict`.
 
     `state_dict` must already use this model's key layout (prefixes fixed, drops removed).
     `finalize` converts each loaded leaf at once (e.g. `jnp.asarray`), so the transposed host copies
     are freed one by one instead of all living until the end.
+    `leaf_hook(path, key, remaining, spec)` may claim a leaf first (popping what it reads from
+    `remaining`) and return its value, e.g. the quantized leaves of `quantized.qweight_hook`.
     Raises CheckpointKeyError naming the key and `source` for missing/unexpected/misshapen keys.
     """
     report = report or ConversionReport()
@@ -151,7 +154,10 @@ def load_into_tree(
     missing = []
     for path, spec in flatten(expected).items():
         key = torch_key(path)
-        if key in remaining:
+        claimed = leaf_hook(path, key, remaining, spec) if leaf_hook is not None else None
+        if claimed is not None:
+            flat_out[path] = claimed
+        elif key in remaining:
             array = to_flax_array(path, np.asarray(remaining.pop(key)))
             if tuple(array.shape) != tuple(spec.shape):
                 torch_shape = tuple(np.asarray(state_dict[key]).shape)

@@ -14,8 +14,10 @@ from safetensors import safe_open
 
 from bertgen_jax import AutoTokenizer, BertGenerationDecoder, BertGenerationEncoder, EncoderDecoderModel
 from bertgen_jax.cli import main
-from bertgen_jax.quantization import (QuantDense, QuantizationConfig, dequantize_kernel, dequantize_tree,
-                                      is_quantized_leaf, quantize_kernel, quantize_model, tree_nbytes)
+from bertgen_jax.models import quantize_model
+from bertgen_jax.modules import QuantDense
+from bertgen_jax.quantization import (QuantizationConfig, dequantize_kernel, dequantize_tree, is_quantized_leaf,
+                                      quantize_kernel, tree_nbytes)
 from converters.mapping import flatten
 
 from conftest import REAL_SENTENCES, batch, max_diff, tiny_decoder, tiny_encoder_decoder
