@@ -6,10 +6,8 @@ Errors are one line on stderr and a non-zero exit code; `BERTGEN_DEBUG=1` shows 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
 MODEL_KINDS = ("auto", "encoder", "decoder", "encoder-decoder")

@@ -26,7 +26,24 @@ POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
 COMPATIBLE_MODEL_TYPES = ("bert-generation", "bert", "roberta")
 
 
-class BertGenerationConfig:
+class _ConfigFile:
+    """config.json in and out, shared by both config classes (subclasses give to_dict / from_dict)."""
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        atomic_write_text(os.path.join(directory, CONFIG_NAME), self.to_json_string())
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id, *, revision=None, cache_dir=None, local_files_only=False,
+                        **overrides: Any):
+        directory = _resolve(path_or_repo_id, revision, cache_dir, local_files_only)
+        return cls.from_dict(read_config_json(os.path.join(directory, CONFIG_NAME)), **overrides)
+
+
+class BertGenerationConfig(_ConfigFile):
     """Configuration of BertGenerationEncoder / BertGenerationDecoder (defaults as transformers')."""
 
     model_type = "bert-generation"
@@ -106,9 +123,6 @@ class BertGenerationConfig:
         out["model_type"] = self.model_type
         return out
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> "BertGenerationConfig":
         values = dict(config_dict)
@@ -134,16 +148,6 @@ class BertGenerationConfig:
     def from_json_file(cls, path: str, **overrides: Any) -> "BertGenerationConfig":
         return cls.from_dict(read_config_json(path), **overrides)
 
-    @classmethod
-    def from_pretrained(cls, path_or_repo_id, *, revision=None, cache_dir=None, local_files_only=False,
-                        **overrides: Any) -> "BertGenerationConfig":
-        directory = _resolve(path_or_repo_id, revision, cache_dir, local_files_only)
-        return cls.from_json_file(os.path.join(directory, CONFIG_NAME), **overrides)
-
-    def save_pretrained(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        atomic_write_text(os.path.join(directory, CONFIG_NAME), self.to_json_string())
-
     def copy(self, **changes: Any) -> "BertGenerationConfig":
         values = self.to_dict()
         values.update(changes)
@@ -156,7 +160,7 @@ class BertGenerationConfig:
         return f"{type(self).__name__} {self.to_json_string()}"
 
 
-class EncoderDecoderConfig:
+class EncoderDecoderConfig(_ConfigFile):
     """transformers' EncoderDecoderConfig: an encoder and a decoder sub-config plus top-level ids."""
 
     model_type = "encoder-decoder"
@@ -217,9 +221,6 @@ class EncoderDecoderConfig:
         out["is_encoder_decoder"] = True
         return out
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> "EncoderDecoderConfig":
         values = dict(config_dict)
@@ -235,16 +236,6 @@ class EncoderDecoderConfig:
         encoder = values.pop("encoder")
         decoder = values.pop("decoder")
         return cls(encoder, decoder, **values)
-
-    @classmethod
-    def from_pretrained(cls, path_or_repo_id, *, revision=None, cache_dir=None, local_files_only=False,
-                        **overrides: Any) -> "EncoderDecoderConfig":
-        directory = _resolve(path_or_repo_id, revision, cache_dir, local_files_only)
-        return cls.from_dict(read_config_json(os.path.join(directory, CONFIG_NAME)), **overrides)
-
-    def save_pretrained(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        atomic_write_text(os.path.join(directory, CONFIG_NAME), self.to_json_string())
 
     def copy(self, **changes: Any) -> "EncoderDecoderConfig":
         values = self.to_dict()

@@ -20,6 +20,8 @@ import shutil
 import time
 from types import SimpleNamespace
 
+from converters.files import atomic_write_text
+
 DESCRIPTION = (
     "Fine-tune a bert2bert warm-started from the shipped all-MiniLM-L6-v2 weights on a generated "
     "sentence-fusion data set (no network), and print generated fusions with BLEU / exact-match scores "
@@ -131,10 +133,7 @@ def run(args) -> int:
         "samples": [{"source": s, "generated": p, "reference": r, "sentence_bleu": round(b, 2)}
                     for s, p, r, b in zip(sources, predictions_after, references, sentence_after)],
     }
-    tmp = os.path.join(args.output_dir, "report.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=1)
-    os.replace(tmp, os.path.join(args.output_dir, "report.json"))
+    atomic_write_text(os.path.join(args.output_dir, "report.json"), json.dumps(report, indent=1))
 
     print(f"\nheld-out fusions ({len(test)} pairs, greedy, {'case-insensitive' if lowercase else 'cased'}):")
     print(f"  {'':<12}{'BLEU':>8}{'exact match %':>16}")

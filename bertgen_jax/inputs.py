@@ -78,17 +78,28 @@ def check_positions(position_ids, input_shape, max_positions: int, name: str = "
 
 
 # ----------------------------------------------------------------------------- losses
+def token_losses(logits, labels, label_smoothing: float = 0.0):
+    """Per-token cross-entropy [B, T] in float32 (0 where labels == -100) and the valid mask.
+
+    With label smoothing eps: (1 - eps) * nll + eps * mean_v(-log p_v), which is transformers'
+    `LabelSmoother` (and torch's CrossEntropyLoss(label_smoothing=eps)).
+    """
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    valid = labels != IGNORE_INDEX
+    safe = jnp.where(valid, labels, 0)
+    loss = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        loss = (1.0 - label_smoothing) * loss - label_smoothing * jnp.mean(log_probs, axis=-1)
+    return jnp.where(valid, loss, 0.0), valid
+
+
 def cross_entropy(logits, labels):
     """Mean token cross-entropy over labels != -100 (torch CrossEntropyLoss(ignore_index=-100)).
 
     Computed in float32; with every label ignored the result is NaN, as in torch.
     """
-    logits = logits.astype(jnp.float32)
-    valid = labels != IGNORE_INDEX
-    safe = jnp.where(valid, labels, 0)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.sum(valid)
+    losses, valid = token_losses(logits, labels)
+    return jnp.sum(losses) / jnp.sum(valid)
 
 
 def causal_lm_loss(logits, labels):

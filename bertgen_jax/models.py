@@ -22,6 +22,7 @@ import numpy as np
 from converters import checkpoint_io
 from converters.layouts import decoder_layout, encoder_decoder_layout, encoder_layout, expand_tied_encoder
 from converters.mapping import ConversionReport, flatten, load_into_tree, tree_to_state_dict, unflatten
+from converters.checkpoint_io import release_freed_host_memory  # noqa: F401  (for training, which sees only models)
 from converters.quantized import qweight_hook, quantized_state_dict
 
 from .config import CONFIG_NAME, BertGenerationConfig, EncoderDecoderConfig, read_config_json
@@ -30,7 +31,7 @@ from .generation.options import (decoder_generate, encoder_decoder_generate, rea
                                  write_generation_config)
 from .hub import resolve_model_dir
 from .inputs import (IGNORE_INDEX, causal_lm_loss, check_mask, check_positions, check_token_ids,  # noqa: F401
-                     cross_entropy, is_traced, shift_tokens_right)
+                     cross_entropy, is_traced, shift_tokens_right, token_losses)
 from .modules import BertGenerationModule, DecoderModule, EncoderDecoderModule
 from .quantization import QuantizationConfig, dequantize_tree, is_quantized_leaf, quantize_params
 
@@ -647,6 +648,31 @@ class EncoderDecoderModel(_FlaxModel):
                                output_attentions=output_attentions)
         return fn(self.params if params is None else params, input_ids, attention_mask, decoder_input_ids,
                   decoder_attention_mask, labels, head_mask, decoder_head_mask, dropout_rng)
+
+    def loss_function(self, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None):
+        """`loss_sum(params, batch, dropout_rng) -> (sum of token losses, number of label tokens)` for one
+        batch {"input_ids", "attention_mask", "labels"} (leaves [B, T]): transformers' seq2seq loss
+        (labels shifted right into decoder inputs, decoder mask `!= pad_token_id`, -100 ignored), summed
+        so that micro-batches add up. Pure and jit-able; handles tied encoder/decoder params.
+        `compute_dtype` (e.g. bfloat16) runs the modules in it while params stay as they are."""
+        c = self.config
+        module = self.module
+        if compute_dtype is not None and jnp.dtype(compute_dtype) != self.dtype:
+            module = EncoderDecoderModule(c.encoder, c.decoder, c.needs_enc_to_dec_proj, jnp.dtype(compute_dtype),
+                                          self.param_dtype)
+        module_params = self._module_params
+
+        def loss_sum(params, batch, dropout_rng):
+            labels = batch["labels"]
+            decoder_input_ids = shift_tokens_right(labels, c.pad_token_id, c.decoder_start_token_id)
+            decoder_attention_mask = (decoder_input_ids != c.pad_token_id).astype(jnp.int32)
+            _, decoded = module.apply({"params": module_params(params)}, batch["input_ids"], batch["attention_mask"],
+                                      decoder_input_ids, decoder_attention_mask, deterministic=deterministic,
+                                      rngs=_dropout_rngs(deterministic, dropout_rng))
+            losses, valid = token_losses(decoded["logits"], labels, label_smoothing)
+            return jnp.sum(losses), jnp.sum(valid).astype(jnp.float32)
+
+        return loss_sum
 
     def encode(self, input_ids, attention_mask=None, *, params=None):
         """Encoder output (`last_hidden_state` [B, S, H_enc])."""

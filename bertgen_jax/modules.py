@@ -18,7 +18,7 @@ is float32's min, as transformers uses for float32 models.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -31,6 +31,8 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 from tokenizers import AddedToken
 
+from converters.files import atomic_write_bytes
+
 from .hub import resolve_model_dir
 
 logger = logging.getLogger(__name__)
@@ -75,17 +77,8 @@ TokenLike = Union[str, AddedToken]
 
 
 def _atomic_write(path: str, data: Union[str, bytes]) -> str:
-    """Write `data` to `path` via a temp file in the same directory, so readers never see half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `data` to `path` atomically (readers never see half a file); returns the path."""
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     return path
 
 

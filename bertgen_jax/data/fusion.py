@@ -18,6 +18,8 @@ import json
 import os
 from typing import Callable
 
+from converters.files import atomic_write_text
+
 import numpy as np
 
 MALE = ["Tom", "James", "David", "Peter", "Mark", "Paul", "Daniel", "Robert", "Kevin", "Brian", "Adam", "Jack"]
@@ -149,11 +151,7 @@ def fusion_splits(n_train: int = 3000, n_eval: int = 200, n_test: int = 100,
 
 
 def write_jsonl(path: str, pairs) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for pair in pairs:
-            handle.write(json.dumps(pair, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
 
 
 def write_fusion_dataset(directory: str, n_train: int = 3000, n_eval: int = 200, n_test: int = 100,

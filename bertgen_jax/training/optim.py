@@ -14,7 +14,7 @@ from typing import Optional
 import jax
 import optax
 
-from converters.mapping import flatten, torch_key, unflatten
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 # transformers 4.56.2 `Trainer.get_decay_parameter_names`: no decay for LayerNorm modules and for
 # any parameter whose (lower-cased) name matches one of these.
@@ -23,16 +23,17 @@ NO_DECAY_PATTERNS = tuple(re.compile(p) for p in
 
 
 def decays(path: tuple[str, ...]) -> bool:
-    """Whether the parameter at this Flax path gets weight decay (transformers' Trainer rule)."""
+    """Whether the parameter at this Flax path gets weight decay (transformers' Trainer rule, on the
+    dotted Flax path: the patterns never touch the parts where it differs from the torch name)."""
     if "LayerNorm" in path:
         return False
-    name = torch_key(path).lower()
+    name = ".".join(path).lower()
     return not any(pattern.search(name) for pattern in NO_DECAY_PATTERNS)
 
 
 def decay_mask(params) -> dict:
     """A tree of bools like `params`: True where weight decay applies."""
-    return unflatten({path: decays(path) for path in flatten(params)})
+    return unflatten_dict({path: decays(path) for path in flatten_dict(params)})
 
 
 @dataclasses.dataclass

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from converters.mapping import flatten, unflatten
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ def spec_for(path: str, shape: Sequence[int], mesh: Mesh, rules=DEFAULT_RULES) -
 
 def param_shardings(params, mesh: Mesh, rules=DEFAULT_RULES):
     """A tree of NamedSharding like `params` (arrays or ShapeDtypeStructs)."""
-    return unflatten({path: NamedSharding(mesh, spec_for("/".join(path), value.shape, mesh, rules))
-                      for path, value in flatten(params).items()})
+    return unflatten_dict({path: NamedSharding(mesh, spec_for("/".join(path), value.shape, mesh, rules))
+                      for path, value in flatten_dict(params).items()})
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -165,8 +165,8 @@ def place(tree, shardings):
 
 def describe(params, shardings) -> str:
     """A short summary: how many params are sharded, and the bytes per device."""
-    leaves = flatten(params)
-    specs = flatten(shardings)
+    leaves = flatten_dict(params)
+    specs = flatten_dict(shardings)
     total = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in leaves.values())
     per_device = 0
     sharded = 0

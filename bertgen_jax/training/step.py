@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..models import IGNORE_INDEX, shift_tokens_right
-from ..modules import EncoderDecoderModule
+from ..models import token_losses  # noqa: F401  (re-exported: the one label-smoothed cross-entropy)
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
 
@@ -46,47 +45,11 @@ def create_train_state(params, optimizer: optax.GradientTransformation, seed: in
                       rng=jax.random.PRNGKey(seed))
 
 
-def token_losses(logits, labels, label_smoothing: float = 0.0):
-    """Per-token loss [B, T] (0 where labels == -100) and the valid mask.
-
-    With label smoothing eps: (1 - eps) * nll + eps * mean_v(-log p_v), which is transformers'
-    `LabelSmoother` (and torch's CrossEntropyLoss(label_smoothing=eps)).
-    """
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    valid = labels != IGNORE_INDEX
-    safe = jnp.where(valid, labels, 0)
-    loss = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
-    if label_smoothing:
-        loss = (1.0 - label_smoothing) * loss - label_smoothing * jnp.mean(log_probs, axis=-1)
-    return jnp.where(valid, loss, 0.0), valid
-
-
-def _module_for(model, compute_dtype):
-    if compute_dtype is None or jnp.dtype(compute_dtype) == model.dtype:
-        return model.module
-    c = model.config
-    return EncoderDecoderModule(c.encoder, c.decoder, c.needs_enc_to_dec_proj, jnp.dtype(compute_dtype),
-                                model.param_dtype)
-
-
 def make_loss_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None):
-    """`loss_sum(params, batch, dropout_rng) -> (sum of token losses, number of label tokens)` for one
-    micro-batch (leaves [B, T]). Pure and jit-able; handles tied encoder/decoder params."""
-    module = _module_for(model, compute_dtype)
-    config = model.config
-
-    def loss_sum(params, batch, dropout_rng):
-        labels = batch["labels"]
-        decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
-        decoder_attention_mask = (decoder_input_ids != config.pad_token_id).astype(jnp.int32)
-        rngs = {} if deterministic else {"dropout": dropout_rng}
-        _, decoded = module.apply({"params": model._module_params(params)}, batch["input_ids"],
-                                  batch["attention_mask"], decoder_input_ids, decoder_attention_mask,
-                                  deterministic=deterministic, rngs=rngs)
-        losses, valid = token_losses(decoded["logits"], labels, label_smoothing)
-        return jnp.sum(losses), jnp.sum(valid).astype(jnp.float32)
-
-    return loss_sum
+    """The model's `loss_function`: `loss_sum(params, batch, dropout_rng) -> (sum of token losses, number
+    of label tokens)` for one micro-batch (leaves [B, T])."""
+    return model.loss_function(label_smoothing=label_smoothing, deterministic=deterministic,
+                               compute_dtype=compute_dtype)
 
 
 def make_grad_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None):

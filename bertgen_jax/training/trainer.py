@@ -31,8 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters.checkpoint_io import release_freed_host_memory
-
+from ..models import release_freed_host_memory
 from . import sharding as sh
 from .checkpoint import Checkpointer
 from .data import BatchLoader, BatchPosition, TokenizedData, count_tokens
