@@ -675,7 +675,7 @@ class EncoderDecoderModel(_FlaxModel):
         return loss_sum
 
     def encode(self, input_ids, attention_mask=None, *, params=None):
-        """Encoder output (`last_hidden_state` [B, S, H_enc])."""
+        """Encoder output (`last_hidden_state` [B, S, H_enc]); `generate(encoder_outputs=...)` decodes from it."""
         enc = self.config.encoder
         input_ids = check_token_ids(input_ids, "input_ids", enc.vocab_size, enc.max_position_embeddings)
         attention_mask = check_mask(attention_mask, "attention_mask", input_ids.shape)
@@ -695,9 +695,23 @@ class EncoderDecoderModel(_FlaxModel):
         return self._apply(params, input_ids.shape[0], max_length, states, attention_mask,
                            method=EncoderDecoderModule.init_cache)
 
-    def generate(self, input_ids, attention_mask=None, *, params=None, prng_key=None, seed=None, **kwargs):
+    def _generation_cache_from_states(self, params, encoder_hidden_states, attention_mask, *, max_length):
+        return self._apply(params, encoder_hidden_states.shape[0], max_length, encoder_hidden_states, attention_mask,
+                           method=EncoderDecoderModule.init_cache)
+
+    def _build_generation_cache_from_states(self, params, states, attention_mask, max_length):
+        return self._compiled_fn("_generation_cache_from_states", max_length=max_length)(params, states,
+                                                                                         attention_mask)
+
+    def generate(self, input_ids=None, attention_mask=None, *, encoder_outputs=None, params=None, prng_key=None,
+                 seed=None, **kwargs):
         """Generate from `input_ids` [B, S] with transformers' `generate` semantics (API.md lists the
         options; defaults come from generation_config.json or the config).
+
+        `encoder_outputs` (what `encode()` returns) instead of `input_ids` decodes from an encoder pass
+        already made, with `attention_mask` the source mask (all ones if not given), as transformers'
+        `generate(encoder_outputs=...)`: sample many times or try several decoding settings from one
+        encoder pass; the encoder does not run again.
 
         Returns `.sequences` int32 [B * num_return_sequences, L] starting with the decoder start token,
         padded with pad_token_id after EOS, and `.sequences_scores` for beam search.
@@ -707,7 +721,9 @@ class EncoderDecoderModel(_FlaxModel):
         """
         return encoder_decoder_generate(self.tokens_to_logits, self._build_generation_cache,
                                         self.params if params is None else params, self.config, input_ids,
-                                        attention_mask, generation_config=self.generation_config,
+                                        attention_mask, encoder_outputs=encoder_outputs,
+                                        build_cache_from_states=self._build_generation_cache_from_states,
+                                        generation_config=self.generation_config,
                                         prng_key=prng_key, seed=seed, **kwargs)
 
     def init_cache(self, batch_size, max_length, encoder_hidden_states, encoder_attention_mask=None, *, params=None):

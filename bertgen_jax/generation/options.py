@@ -191,18 +191,57 @@ def _unbucket(output: loop.GenerateOutput, batch: int, num_return: int) -> loop.
 
 
 # ----------------------------------------------------------------------------- encoder-decoder
-def encoder_decoder_generate(tokens_to_logits, build_cache, params, config, input_ids, attention_mask=None, *,
-                             generation_config=None, prng_key=None, seed=None, **user):
+def _encoder_states(encoder_outputs):
+    """`last_hidden_state` of what `encode()` (or transformers' encoder) returned: an object with that
+    attribute, a mapping with that key, a tuple whose first item it is, or the array itself."""
+    if hasattr(encoder_outputs, "last_hidden_state"):
+        states = encoder_outputs.last_hidden_state
+    elif isinstance(encoder_outputs, dict):
+        if "last_hidden_state" not in encoder_outputs:
+            raise ValueError("encoder_outputs is a mapping without 'last_hidden_state'")
+        states = encoder_outputs["last_hidden_state"]
+    elif isinstance(encoder_outputs, (tuple, list)):
+        states = encoder_outputs[0]
+    else:
+        states = encoder_outputs
+    if getattr(states, "ndim", None) != 3:
+        raise ValueError(f"encoder_outputs.last_hidden_state must be [batch, length, hidden], got shape "
+                         f"{getattr(states, 'shape', None)}")
+    return states
+
+
+def encoder_decoder_generate(tokens_to_logits, build_cache, params, config, input_ids=None, attention_mask=None, *,
+                             encoder_outputs=None, build_cache_from_states=None, generation_config=None,
+                             prng_key=None, seed=None, **user):
     """Generate for an encoder-decoder of `config` (an EncoderDecoderConfig).
 
     `build_cache(params, input_ids, attention_mask, max_length)` runs the encoder and returns the
     decoder cache; `tokens_to_logits` is the loop's step (see `loop.py`); `generation_config` the
-    stored generation_config.json values.
+    stored generation_config.json values. With `encoder_outputs` (and no `input_ids`), the encoder does
+    not run: `build_cache_from_states(params, states, attention_mask, max_length)` builds the cache from
+    the given states, as transformers' `generate(encoder_outputs=...)` does.
     """
     options = resolve_options(config, generation_config, user)
     enc_config, dec_config = config.encoder, config.decoder
-    ids = np.asarray(check_token_ids(input_ids, "input_ids", enc_config.vocab_size, enc_config.max_position_embeddings))
-    mask = _attention_mask(ids, attention_mask, options)
+    if encoder_outputs is not None:
+        if input_ids is not None:
+            raise ValueError("pass input_ids or encoder_outputs, not both")
+        if build_cache_from_states is None:
+            raise ValueError("this model cannot generate from encoder_outputs")
+        states = _encoder_states(encoder_outputs)
+        if states.shape[-1] != enc_config.hidden_size:
+            raise ValueError(f"encoder_outputs hidden size {states.shape[-1]} differs from the encoder's "
+                             f"hidden_size={enc_config.hidden_size}")
+        batch, length = states.shape[:2]
+        mask = np.ones((batch, length), np.int32) if attention_mask is None else attention_mask
+        mask = np.asarray(check_mask(mask, "attention_mask", (batch, length)))
+    elif input_ids is None:
+        raise ValueError("generate needs input_ids or encoder_outputs")
+    else:
+        ids = np.asarray(check_token_ids(input_ids, "input_ids", enc_config.vocab_size,
+                                         enc_config.max_position_embeddings))
+        mask = _attention_mask(ids, attention_mask, options)
+        batch, length = ids.shape
     start = options["decoder_start_token_id"]
     if start is None:
         start = options["bos_token_id"]
@@ -212,15 +251,22 @@ def encoder_decoder_generate(tokens_to_logits, build_cache, params, config, inpu
         raise ValueError(f"decoder_start_token_id={start} is outside [0, {dec_config.vocab_size})")
     max_length = _max_length(options, user, 1, dec_config.max_position_embeddings, None)
 
-    batch, length = ids.shape
     rows = _bucket(batch)
     padded_len = _bucket(length, MIN_LENGTH_BUCKET, enc_config.max_position_embeddings)
-    ids_b = np.zeros((rows, padded_len), np.int32)
     mask_b = np.zeros((rows, padded_len), np.int32)
-    ids_b[:batch, :length], mask_b[:batch, :length] = ids, mask
-    ids_b, mask_b = _pad_batch(ids_b[:batch], rows), _pad_batch(mask_b[:batch], rows)
-
-    cache = build_cache(params, jnp.asarray(ids_b), jnp.asarray(mask_b), max_length)
+    mask_b[:batch, :length] = mask
+    mask_b = _pad_batch(mask_b[:batch], rows)
+    if encoder_outputs is not None:
+        # Padded positions are masked out of cross-attention, so their (zero) states never count.
+        states = jnp.pad(jnp.asarray(states), ((0, 0), (0, padded_len - length), (0, 0)))
+        if rows > batch:
+            states = jnp.concatenate([states, jnp.repeat(states[:1], rows - batch, axis=0)], axis=0)
+        cache = build_cache_from_states(params, states, jnp.asarray(mask_b), max_length)
+    else:
+        ids_b = np.zeros((rows, padded_len), np.int32)
+        ids_b[:batch, :length] = ids
+        ids_b = _pad_batch(ids_b[:batch], rows)
+        cache = build_cache(params, jnp.asarray(ids_b), jnp.asarray(mask_b), max_length)
     prompt = jnp.full((rows, 1), int(start), jnp.int32)
     output = loop.generate(tokens_to_logits, params, cache, prompt,
                            **_loop_kwargs(options, max_length, sampling_key(prng_key, seed)))
