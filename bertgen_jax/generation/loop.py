@@ -44,7 +44,7 @@ from .processors import (
     apply_top_k,
 )
 
-__all__ = ["GenerateOutput", "generate", "compile_count"]
+__all__ = ["GenerateOutput", "generate", "plan_decoding", "decode", "compile_count"]
 
 # transformers' beam search marks impossible candidates by adding this (float32) value, not -inf:
 # the same constant keeps ties and sums identical (e.g. `-1e9 + logprob` rounds to -1e9).
@@ -405,6 +405,8 @@ def _beam_search(params, cache, prompt, knobs, rng, tokens_to_logits, opts: _Opt
     return state.finished_sequences, state.finished_scores, state.finished_lengths
 
 
+# The loop body for one option set, traced by jit here and by exporters (see plan_decoding).
+decode = _decode
 _decode_jit = jax.jit(_decode, static_argnames=("tokens_to_logits", "options"))
 
 
@@ -428,11 +430,8 @@ def _as_eos_tuple(eos_token_id) -> tuple:
     return tuple(int(e) for e in eos)
 
 
-def generate(
-    tokens_to_logits: TokensToLogits,
-    params: Any,
-    cache: dict,
-    prompt_ids,
+def plan_decoding(
+    prompt_len: int,
     *,
     max_length: int,
     min_length: int = 0,
@@ -449,42 +448,10 @@ def generate(
     num_return_sequences: int = 1,
     eos_token_id: Union[int, Sequence[int], None] = (),
     pad_token_id: int = 0,
-    prng_key: Optional[jax.Array] = None,
-) -> GenerateOutput:
-    """Decode with greedy search, sampling or beam search, as transformers 4.56.2 `generate`.
-
-    Args:
-      tokens_to_logits: `(params, token_ids [N, 1], cache) -> (logits [N, V], new_cache)`; see the
-        module docstring for the cache contract. Must be a stable hashable object (a module-level
-        function or a method of a long-lived object): the compiled loop is cached per
-        `tokens_to_logits` and option set, so a new lambda per call recompiles.
-      params: pytree passed through to `tokens_to_logits`.
-      cache: dict pytree with batch dim B and `cache["index"] == 0`; expanded here to
-        B * num_beams (beam search) or B * num_return_sequences (sampling) rows.
-      prompt_ids: int `[B, P]`, P >= 1 (`[[decoder_start_token_id]] * B` for encoder-decoders).
-      max_length: total length including the prompt (transformers' `max_length`).
-      min_length: EOS is banned while the sequence (prompt included) is shorter than this.
-      min_new_tokens: EOS is banned until this many tokens follow the prompt.
-      do_sample, temperature, top_k, top_p: sampling and its warpers (`top_k=0`: off).
-      num_beams, length_penalty, early_stopping: beam search (`early_stopping`: True, False or
-        "never", as in transformers).
-      no_repeat_ngram_size, repetition_penalty: logits processors.
-      num_return_sequences: sequences returned per batch item (<= num_beams for beam search).
-      eos_token_id: int or sequence of ints (may be empty: no EOS stopping).
-      pad_token_id: written after EOS.
-      prng_key: PRNG key for sampling (default `jax.random.PRNGKey(0)`).
-
-    Returns:
-      GenerateOutput with `sequences` int32 `[B * num_return_sequences, L]` and, for beam search,
-      `sequences_scores` float32 `[B * num_return_sequences]`.
-    """
-    _check_cache(cache)
-    prompt_ids = np.asarray(prompt_ids) if not isinstance(prompt_ids, jax.Array) else prompt_ids
-    if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1 or prompt_ids.shape[0] < 1:
-        raise ValueError(f"`prompt_ids` must be [batch, prompt_len] with prompt_len >= 1, got {prompt_ids.shape}")
-    if not jnp.issubdtype(prompt_ids.dtype, jnp.integer):
-        raise ValueError(f"`prompt_ids` must hold integer token ids, got dtype {prompt_ids.dtype}")
-    batch, prompt_len = prompt_ids.shape
+):
+    """Check the options (as `generate` documents them) and split them into what the compiled loop
+    takes: `(knobs, options)`, the traced values and the static `_Options` of `decode`. `generate`
+    runs it; an exporter calls it once and then traces `decode` itself."""
 
     if not _is_int(max_length) or max_length <= prompt_len:
         raise ValueError(
@@ -572,6 +539,73 @@ def generate(
         "repetition_penalty": jnp.float32(repetition_penalty),
         "length_penalty_denominators": jnp.asarray(denominators),
     }
+    return knobs, options
+
+
+def generate(
+    tokens_to_logits: TokensToLogits,
+    params: Any,
+    cache: dict,
+    prompt_ids,
+    *,
+    max_length: int,
+    min_length: int = 0,
+    min_new_tokens: int = 0,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: Union[bool, str] = False,
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float = 1.0,
+    num_return_sequences: int = 1,
+    eos_token_id: Union[int, Sequence[int], None] = (),
+    pad_token_id: int = 0,
+    prng_key: Optional[jax.Array] = None,
+) -> GenerateOutput:
+    """Decode with greedy search, sampling or beam search, as transformers 4.56.2 `generate`.
+
+    Args:
+      tokens_to_logits: `(params, token_ids [N, 1], cache) -> (logits [N, V], new_cache)`; see the
+        module docstring for the cache contract. Must be a stable hashable object (a module-level
+        function or a method of a long-lived object): the compiled loop is cached per
+        `tokens_to_logits` and option set, so a new lambda per call recompiles.
+      params: pytree passed through to `tokens_to_logits`.
+      cache: dict pytree with batch dim B and `cache["index"] == 0`; expanded here to
+        B * num_beams (beam search) or B * num_return_sequences (sampling) rows.
+      prompt_ids: int `[B, P]`, P >= 1 (`[[decoder_start_token_id]] * B` for encoder-decoders).
+      max_length: total length including the prompt (transformers' `max_length`).
+      min_length: EOS is banned while the sequence (prompt included) is shorter than this.
+      min_new_tokens: EOS is banned until this many tokens follow the prompt.
+      do_sample, temperature, top_k, top_p: sampling and its warpers (`top_k=0`: off).
+      num_beams, length_penalty, early_stopping: beam search (`early_stopping`: True, False or
+        "never", as in transformers).
+      no_repeat_ngram_size, repetition_penalty: logits processors.
+      num_return_sequences: sequences returned per batch item (<= num_beams for beam search).
+      eos_token_id: int or sequence of ints (may be empty: no EOS stopping).
+      pad_token_id: written after EOS.
+      prng_key: PRNG key for sampling (default `jax.random.PRNGKey(0)`).
+
+    Returns:
+      GenerateOutput with `sequences` int32 `[B * num_return_sequences, L]` and, for beam search,
+      `sequences_scores` float32 `[B * num_return_sequences]`.
+    """
+    _check_cache(cache)
+    prompt_ids = np.asarray(prompt_ids) if not isinstance(prompt_ids, jax.Array) else prompt_ids
+    if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1 or prompt_ids.shape[0] < 1:
+        raise ValueError(f"`prompt_ids` must be [batch, prompt_len] with prompt_len >= 1, got {prompt_ids.shape}")
+    if not jnp.issubdtype(prompt_ids.dtype, jnp.integer):
+        raise ValueError(f"`prompt_ids` must hold integer token ids, got dtype {prompt_ids.dtype}")
+    batch, prompt_len = prompt_ids.shape
+    knobs, options = plan_decoding(
+        prompt_len, max_length=max_length, min_length=min_length, min_new_tokens=min_new_tokens,
+        do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
+        length_penalty=length_penalty, early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
+        repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    beam = options.method == "beam"
     rng = prng_key if prng_key is not None else jax.random.PRNGKey(0)
 
     outputs = _decode_jit(

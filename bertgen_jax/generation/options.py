@@ -210,6 +210,25 @@ def _encoder_states(encoder_outputs):
     return states
 
 
+def decoder_start_and_max_length(config, options: dict, user: dict) -> tuple[int, int]:
+    """The encoder-decoder's first decoder token and the total decoded length, as transformers
+    resolves them from the merged `options` (`resolve_options`) and the caller's `user` options."""
+    dec_config = config.decoder
+    start = options["decoder_start_token_id"]
+    if start is None:
+        start = options["bos_token_id"]
+    if start is None:
+        raise ValueError("generate needs decoder_start_token_id (or bos_token_id) in the arguments or the config")
+    if not 0 <= int(start) < dec_config.vocab_size:
+        raise ValueError(f"decoder_start_token_id={start} is outside [0, {dec_config.vocab_size})")
+    return int(start), _max_length(options, user, 1, dec_config.max_position_embeddings, None)
+
+
+def loop_kwargs(options: dict, max_length: int, prng_key) -> dict:
+    """The keyword arguments of `loop.generate` / `loop.plan_decoding` (plus `prng_key`) for `options`."""
+    return _loop_kwargs(options, max_length, prng_key)
+
+
 def encoder_decoder_generate(tokens_to_logits, build_cache, params, config, input_ids=None, attention_mask=None, *,
                              encoder_outputs=None, build_cache_from_states=None, generation_config=None,
                              prng_key=None, seed=None, **user):
@@ -222,7 +241,7 @@ def encoder_decoder_generate(tokens_to_logits, build_cache, params, config, inpu
     the given states, as transformers' `generate(encoder_outputs=...)` does.
     """
     options = resolve_options(config, generation_config, user)
-    enc_config, dec_config = config.encoder, config.decoder
+    enc_config = config.encoder
     if encoder_outputs is not None:
         if input_ids is not None:
             raise ValueError("pass input_ids or encoder_outputs, not both")
@@ -242,14 +261,7 @@ def encoder_decoder_generate(tokens_to_logits, build_cache, params, config, inpu
                                          enc_config.max_position_embeddings))
         mask = _attention_mask(ids, attention_mask, options)
         batch, length = ids.shape
-    start = options["decoder_start_token_id"]
-    if start is None:
-        start = options["bos_token_id"]
-    if start is None:
-        raise ValueError("generate needs decoder_start_token_id (or bos_token_id) in the arguments or the config")
-    if not 0 <= int(start) < dec_config.vocab_size:
-        raise ValueError(f"decoder_start_token_id={start} is outside [0, {dec_config.vocab_size})")
-    max_length = _max_length(options, user, 1, dec_config.max_position_embeddings, None)
+    start, max_length = decoder_start_and_max_length(config, options, user)
 
     rows = _bucket(batch)
     padded_len = _bucket(length, MIN_LENGTH_BUCKET, enc_config.max_position_embeddings)
