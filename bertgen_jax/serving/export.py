@@ -49,6 +49,15 @@ def input_length_buckets(max_input_length: int) -> list[int]:
     return lengths + [max_input_length]
 
 
+def dtype_named(name: str):
+    import jax.numpy as jnp
+
+    try:
+        return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+    except KeyError:
+        raise ValueError(f"--dtype {name!r} is not one of float32, bfloat16, float16") from None
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="encoder-decoder checkpoint directory or hub repo id")
     parser.add_argument("--out", required=True, help="output directory (must not exist, or be empty)")
@@ -75,8 +84,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..cli import _dtype
-
     fixed = {name: getattr(args, name) for name in (
         "max_length", "min_new_tokens", "length_penalty", "no_repeat_ngram_size", "repetition_penalty",
         "num_return_sequences", "do_sample", "temperature", "top_k", "top_p")}
@@ -91,7 +98,7 @@ def run(args) -> int:
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
     manifest = export_model(args.model, args.out, batch_sizes=_int_list(args.batch_sizes),
                             max_input_length=args.max_input_length, option_sets=option_sets, platforms=platforms,
-                            dtype=_dtype(args.dtype))
+                            dtype=dtype_named(args.dtype))
     print(f"{len(manifest['programs'])} program(s) for {', '.join(manifest['platforms'])} "
           f"(batch sizes {manifest['batch_sizes']}, input lengths {manifest['input_lengths']}, "
           f"{len(manifest['option_sets'])} option set(s)) -> {args.out}")
