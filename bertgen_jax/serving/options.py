@@ -75,20 +75,17 @@ def match_option_set(option_sets: Sequence[dict], options: dict) -> int:
     """The index of the exported option set that `options` select, or OptionError naming the field
     that no exported set has (with the values that were exported)."""
     options = check_options(options)
-    best_field: Optional[str] = None
+    closest: Optional[list] = None  # the mismatching names of the set that comes closest
     for index, option_set in enumerate(option_sets):
         exported = option_set["options"]
-        mismatch = None
-        for name, value in options.items():
-            if name in SAMPLING_ONLY and not exported.get("do_sample") and not options.get("do_sample"):
-                continue  # no effect on greedy / beam search output
-            if _normalized(name, value) != _normalized(name, exported.get(name)):
-                mismatch = name
-                break
-        if mismatch is None:
+        mismatches = [name for name, value in options.items()
+                      if not (name in SAMPLING_ONLY and not exported.get("do_sample") and not options.get("do_sample"))
+                      and _normalized(name, value) != _normalized(name, exported.get(name))]
+        if not mismatches:
             return index
-        best_field = best_field or mismatch
-    field = best_field or "parameters"
+        if closest is None or len(mismatches) < len(closest):
+            closest = mismatches
+    field = closest[0] if closest else "parameters"
     exported_values = sorted({repr(s["options"].get(field)) for s in option_sets})
     raise OptionError(field, f"{field}={options.get(field)!r} was not exported (exported: "
                              f"{', '.join(exported_values)}); re-export with the options you need")
