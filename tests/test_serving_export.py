@@ -192,3 +192,25 @@ def test_option_names_are_generates():
     from bertgen_jax.serving.program import RECORDED_OPTIONS
 
     assert set(OPTION_KINDS) == set(GENERATION_DEFAULTS) == set(RECORDED_OPTIONS)
+
+
+def test_sampling_export_takes_the_prng_key_as_model_generate(model_dir, tmp_path):
+    import jax
+
+    from bertgen_jax.serving.export import export_model
+
+    sampling = {"max_new_tokens": 6, "do_sample": True, "top_k": 20, "top_p": 0.9, "temperature": 0.8}
+    out = str(tmp_path / "sampling")
+    model = EncoderDecoderModel.from_pretrained(model_dir)
+    export_model(model_dir, out, batch_sizes=[4], max_input_length=16, option_sets=[sampling], model=model)
+    ids, mask = batch(seed=5, batch_size=3, length=9, vocab=1000)
+    exported = load_exported(out)
+    for seed in (0, 7):
+        key = jax.random.PRNGKey(seed)
+        expected = model.generate(ids, mask, prng_key=key, **sampling).sequences
+        np.testing.assert_array_equal(exported.generate_ids(ids, mask, prng_key=key, **sampling).sequences,
+                                      np.asarray(expected))
+    with pytest.raises(ValueError, match="do_sample=True needs prng_key"):
+        exported.generate_ids(ids, mask, **sampling)
+    with pytest.raises(OptionError, match="temperature=0.5 was not exported"):
+        exported.generate_ids(ids, mask, prng_key=jax.random.PRNGKey(0), **dict(sampling, temperature=0.5))

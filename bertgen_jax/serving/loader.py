@@ -104,6 +104,16 @@ class ExportedModel:
             raise ValueError(f"{what} has {length} tokens; this export takes at most {self.max_input_length} "
                              f"(re-export with a larger --max-input-length)")
 
+    def warmup(self) -> int:
+        """Compile every exported program now (a run on a dummy input each), so no request waits for a
+        compile. Returns the number of programs."""
+        for (set_index, batch, width), program in sorted(self._programs.items()):
+            ids = np.zeros((batch, width), np.int32)
+            mask = np.zeros((batch, width), np.int32)
+            mask[:, 0] = 1
+            jax.block_until_ready(program(self.params, ids, mask, np.zeros((2,), np.uint32)))
+        return len(self._programs)
+
     # ------------------------------------------------------------------ generate
     def generate_ids(self, input_ids, attention_mask=None, *, prng_key=None, **options) -> ExportedOutput:
         """`model.generate(input_ids, attention_mask, **options)` for an exported option set."""
@@ -119,8 +129,12 @@ class ExportedModel:
         if option_set["options"].get("do_sample"):
             if prng_key is None:
                 raise ValueError("do_sample=True needs prng_key (a jax.random key), so results are reproducible")
-            rng = np.asarray(jax.random.key_data(prng_key) if jax.dtypes.issubdtype(
-                getattr(prng_key, "dtype", None), jax.dtypes.prng_key) else prng_key, np.uint32)
+            dtype = getattr(prng_key, "dtype", None)
+            typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+            rng = np.asarray(jax.random.key_data(prng_key) if typed else prng_key)
+            if rng.shape != (2,) or rng.dtype != np.uint32:
+                raise ValueError(f"prng_key must be a jax.random key (jax.random.PRNGKey(seed)), got shape "
+                                 f"{rng.shape} dtype {rng.dtype}")
         else:
             rng = np.zeros((2,), np.uint32)  # unused by greedy and beam search
         largest = self.batch_sizes[-1]

@@ -306,6 +306,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-input-length", type=int, default=None,
                         help="longest input in tokens (default: the model's or the export's limit); longer: 413")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (checkpoint directories)")
+    parser.add_argument("--warmup", action="store_true",
+                        help="compile every exported program before listening (export directories)")
     parser.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
 
 
@@ -318,6 +320,10 @@ def run(args) -> int:
     max_batch = args.max_batch_size or engine.max_batch
     if max_batch < 1:
         raise ValueError(f"--max-batch-size must be positive, got {max_batch}")
+    if args.warmup and engine.kind == "export":
+        started = time.monotonic()
+        count = engine.model.warmup()
+        print(f"compiled {count} program(s) in {time.monotonic() - started:.1f} s", flush=True)
     app = create_app(engine, max_batch=max_batch, window_ms=args.batch_window_ms, max_queue=args.max_queue,
                      max_input_length=args.max_input_length)
     print(f"serving {args.model} ({engine.kind}) on http://{args.host}:{args.port} "
