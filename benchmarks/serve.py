@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,7 +136,8 @@ def run_size(size: str, clients_list, log) -> list[tuple]:
         tokenizer.save_pretrained(model_dir)
         texts = make_texts(tokenizer, NUM_REQUESTS)
         lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
-        log(f"[{size}] {len(texts)} requests, input tokens {min(lengths)}..{max(lengths)} (mean {np.mean(lengths):.0f})")
+        log(f"[{size}] {len(texts)} requests, input tokens {min(lengths)}..{max(lengths)} "
+            f"(mean {np.mean(lengths):.0f})")
 
         started = time.perf_counter()
         export_model(model_dir, export_dir, batch_sizes=BATCH_SIZES, max_input_length=MAX_TOKENS,
@@ -175,7 +175,8 @@ def run_size(size: str, clients_list, log) -> list[tuple]:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
         started = time.perf_counter()
         process, url = start_server(export_dir, env)
-        log(f"[{size}] server up (all {len(BATCH_SIZES) * 4} programs compiled) in {time.perf_counter() - started:.1f} s")
+        log(f"[{size}] server up (all {len(BATCH_SIZES) * 4} programs compiled) in "
+            f"{time.perf_counter() - started:.1f} s")
         try:
             mismatches = 0
             for clients in clients_list:
@@ -183,8 +184,9 @@ def run_size(size: str, clients_list, log) -> list[tuple]:
                 wall, latencies, answers = load(url, texts, clients, parameters)
                 mismatches += sum(a != b for a, b in zip(answers, torch_answers))
                 tps = NUM_REQUESTS * NEW_TOKENS / wall
-                log(f"[{size}] {clients:>2} clients: {wall:.1f} s, {NUM_REQUESTS / wall:.1f} req/s, {tps:.0f} tokens/s, "
-                    f"p50 {percentile(latencies, 50) * 1e3:.0f} ms, p99 {percentile(latencies, 99) * 1e3:.0f} ms")
+                log(f"[{size}] {clients:>2} clients: {wall:.1f} s, {NUM_REQUESTS / wall:.1f} req/s, "
+                    f"{tps:.0f} tokens/s, p50 {percentile(latencies, 50) * 1e3:.0f} ms, "
+                    f"p99 {percentile(latencies, 99) * 1e3:.0f} ms")
                 rows.append((size, "bertgen serve (export)", clients, NUM_REQUESTS / wall, tps,
                              percentile(latencies, 50), percentile(latencies, 99), tps / torch_tps))
             log(f"[{size}] texts differing from transformers' pipeline: {mismatches} of "

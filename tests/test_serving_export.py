@@ -21,7 +21,8 @@ from conftest import batch, randomize_, tiny_encoder_decoder
 TEXTS = ["The cat sat on the mat.", "JAX compiles the loop once.", "Short one.", "A fourth, longer input sentence.",
          "Five."]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # subprocesses import this checkout
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+ENV = dict(os.environ,
+           PYTHONPATH=os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
 
 
 @pytest.fixture(scope="module")

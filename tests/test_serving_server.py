@@ -23,7 +23,8 @@ from bertgen_jax.serving.batcher import Batcher, QueueFull
 from conftest import randomize_, tiny_encoder_decoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # subprocesses import this checkout
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+ENV = dict(os.environ,
+           PYTHONPATH=os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
 TEXTS = ["The cat sat on the mat.", "JAX compiles the loop once.", "Short one.", "Dogs bark at night.",
          "A fourth, longer input sentence.", "Five.", "Trains run late on Sundays.", "Bread rises slowly.",
          "The river froze.", "Music fills the hall.", "Ten words are not many.", "Rain again."]

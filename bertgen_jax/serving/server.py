@@ -12,7 +12,6 @@ prometheus_client writes the metrics format.
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations (Request, imported lazily).
 
-import asyncio
 import itertools
 import json
 import logging
@@ -25,7 +24,7 @@ import numpy as np
 
 from .batcher import Batcher, QueueFull
 from .export import MANIFEST_NAME, dtype_named
-from .options import OPTION_KINDS, OptionError, check_options
+from .options import OptionError, check_options
 
 logger = logging.getLogger(__name__)
 
