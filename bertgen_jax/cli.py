@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("bench", "bench_cli", "add_arguments", "run", "benchmark against PyTorch transformers"),
         ("demo", "demo", "add_arguments", "run",
          "fine-tune the shipped MiniLM bert2bert on sentence fusion and show before/after scores"),
+        ("export", "serving.export", "add_arguments", "run",
+         "serialize the compiled generate with jax.export, to run without the model code"),
+        ("serve", "serving.server", "add_arguments", "run",
+         "serve generate over HTTP, batching concurrent requests"),
     ):
         _add_command(sub, name, module, add, run, help_text)
     return parser

@@ -1,0 +1,232 @@
+"""Serving throughput: `bertgen serve` (an exported model) under 1, 8 and 32 concurrent clients vs
+transformers' `pipeline("text2text-generation", batch_size=8)` in PyTorch, same weights, one run.
+
+256 requests of mixed input lengths (8-128 tokens, one text each), exactly 32 new tokens greedy
+(min = max new tokens, so every request generates the same amount). The server is a real subprocess
+on localhost (`bertgen serve --model EXPORT --warmup`); each client is a thread that posts its next
+request as soon as the previous one is answered (a bounded loop over the 256). Prints requests/s,
+generated tokens/s, p50/p99 latency, the ratio of tokens/s to transformers', and beside them the
+latency of a single in-process `generate` call (the exported model, batch 1) on the same inputs.
+
+    python benchmarks/serve.py                                # minilm (the shipped weights, warm-started)
+    python benchmarks/serve.py --sizes minilm base --markdown bench_out/serve.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from _report import emit_table
+from generate import build_torch_model
+
+NUM_REQUESTS = 256
+NEW_TOKENS = 32
+MIN_TOKENS, MAX_TOKENS = 8, 128
+CLIENTS = (1, 8, 32)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_texts(tokenizer, count: int, seed: int = 0) -> list[str]:
+    """`count` texts whose token counts ([CLS] and [SEP] included) spread over 8..128."""
+    rng = np.random.RandomState(seed)
+    words = [w for w in tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) > 2]
+    words.sort()
+    texts = []
+    for target in rng.randint(MIN_TOKENS, MAX_TOKENS + 1, size=count):
+        chosen = list(rng.choice(words, size=target - 2))
+        while len(tokenizer(" ".join(chosen))["input_ids"]) > target:
+            chosen.pop()
+        texts.append(" ".join(chosen))
+    return texts
+
+
+def percentile(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(export_dir: str, env: dict):
+    import httpx
+
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bertgen_jax.cli", "serve", "--model", export_dir, "--port",
+                                str(port), "--warmup", "--batch-window-ms", "5", "--max-queue", "4096"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited: {process.stdout.read()}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("the server did not start")
+
+
+def load(url: str, texts: list[str], clients: int, parameters: dict):
+    """Every text once, `clients` at a time; returns (wall seconds, latencies, answers)."""
+    import httpx
+
+    latencies, answers = [None] * len(texts), [None] * len(texts)
+    next_index = iter(range(len(texts)))
+    lock = threading.Lock()
+
+    def client():
+        with httpx.Client(timeout=600) as http:
+            while True:
+                with lock:
+                    index = next(next_index, None)
+                if index is None:
+                    return
+                started = time.perf_counter()
+                answer = http.post(url + "/generate", json={"inputs": texts[index], "parameters": parameters})
+                latencies[index] = time.perf_counter() - started
+                answer.raise_for_status()
+                answers[index] = answer.json()[0]["generated_text"]
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, latencies, answers
+
+
+def run_size(size: str, clients_list, log) -> list[tuple]:
+    import torch
+    import transformers
+
+    from bertgen_jax.parity import shipped_minilm_dir
+    from bertgen_jax.serving import load_exported
+    from bertgen_jax.serving.export import export_model
+
+    rows = []
+    # num_beams=1 explicitly: transformers' text2text pipeline otherwise defaults to beam search (4 beams).
+    parameters = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "num_beams": 1}
+    with tempfile.TemporaryDirectory() as workdir:
+        # The server loads the programs this process compiled from JAX's persistent cache.
+        os.environ.setdefault("BERTGEN_COMPILATION_CACHE", os.path.join(workdir, "xla"))
+        from bertgen_jax import enable_persistent_compilation_cache
+
+        enable_persistent_compilation_cache(os.environ["BERTGEN_COMPILATION_CACHE"])
+        model_dir, export_dir = os.path.join(workdir, "model"), os.path.join(workdir, "export")
+        theirs = build_torch_model(size)
+        theirs.save_pretrained(model_dir)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(shipped_minilm_dir())
+        tokenizer.save_pretrained(model_dir)
+        texts = make_texts(tokenizer, NUM_REQUESTS)
+        lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
+        log(f"[{size}] {len(texts)} requests, input tokens {min(lengths)}..{max(lengths)} "
+            f"(mean {np.mean(lengths):.0f})")
+
+        started = time.perf_counter()
+        export_model(model_dir, export_dir, batch_sizes=BATCH_SIZES, max_input_length=MAX_TOKENS,
+                     option_sets=[parameters])
+        log(f"[{size}] exported in {time.perf_counter() - started:.1f} s")
+
+        # transformers' pipeline, batch_size=8 (its best batched setting here), after a warm-up batch.
+        pipe = transformers.pipeline("text2text-generation", model=theirs, tokenizer=tokenizer, batch_size=8,
+                                     device=-1)
+        with torch.no_grad():
+            pipe(texts[:8], **parameters)
+            started = time.perf_counter()
+            torch_answers = [r["generated_text"] for r in pipe(texts, **parameters)]
+            torch_s = time.perf_counter() - started
+        torch_tps = NUM_REQUESTS * NEW_TOKENS / torch_s
+        log(f"[{size}] transformers pipeline(batch_size=8): {torch_s:.1f} s, {torch_tps:.0f} tokens/s")
+        rows.append((size, "transformers pipeline, batch_size=8", "-", NUM_REQUESTS / torch_s, torch_tps, None, None,
+                     1.0))
+        del pipe
+
+        # A single in-process generate call per input (exported model, batch 1): the latency floor.
+        exported = load_exported(export_dir)
+        exported.warmup()
+        single = []
+        for text in texts[:64]:
+            started = time.perf_counter()
+            exported.generate(text, **parameters)
+            single.append(time.perf_counter() - started)
+        log(f"[{size}] single generate call: p50 {percentile(single, 50) * 1e3:.0f} ms, "
+            f"p99 {percentile(single, 99) * 1e3:.0f} ms")
+        rows.append((size, "one generate call in-process (batch 1)", "-", None, None, percentile(single, 50),
+                     percentile(single, 99), None))
+        del exported
+
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+        started = time.perf_counter()
+        process, url = start_server(export_dir, env)
+        log(f"[{size}] server up (all {len(BATCH_SIZES) * 4} programs compiled) in "
+            f"{time.perf_counter() - started:.1f} s")
+        try:
+            mismatches = 0
+            for clients in clients_list:
+                load(url, texts[:max(8, clients)], clients, parameters)  # warm the connections
+                wall, latencies, answers = load(url, texts, clients, parameters)
+                mismatches += sum(a != b for a, b in zip(answers, torch_answers))
+                tps = NUM_REQUESTS * NEW_TOKENS / wall
+                log(f"[{size}] {clients:>2} clients: {wall:.1f} s, {NUM_REQUESTS / wall:.1f} req/s, "
+                    f"{tps:.0f} tokens/s, p50 {percentile(latencies, 50) * 1e3:.0f} ms, "
+                    f"p99 {percentile(latencies, 99) * 1e3:.0f} ms")
+                rows.append((size, "bertgen serve (export)", clients, NUM_REQUESTS / wall, tps,
+                             percentile(latencies, 50), percentile(latencies, 99), tps / torch_tps))
+            log(f"[{size}] texts differing from transformers' pipeline: {mismatches} of "
+                f"{NUM_REQUESTS * len(clients_list)}")
+        finally:
+            process.terminate()
+            process.wait(timeout=600)
+    return rows
+
+
+def format_table(rows) -> str:
+    def ms(value):
+        return "-" if value is None else f"{value * 1e3:.0f}"
+
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    lines = [f"Serving, {NUM_REQUESTS} requests of {MIN_TOKENS}-{MAX_TOKENS} input tokens, {NEW_TOKENS} new tokens "
+             f"greedy; {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared, noisy)", "",
+             "| model | server | clients | requests/s | tokens/s | p50 ms | p99 ms | tokens/s vs transformers |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for size, server, clients, rps, tps, p50, p99, ratio in rows:
+        lines.append(f"| {size} | {server} | {clients} | {num(rps, '.1f')} | {num(tps, '.0f')} | {ms(p50)} | "
+                     f"{ms(p99)} | {num(ratio, '.2f') + 'x' if ratio else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["minilm"], choices=("minilm", "base"))
+    parser.add_argument("--clients", default=",".join(map(str, CLIENTS)))
+    parser.add_argument("--markdown", default=None, help="also write the table here")
+    args = parser.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+    rows = []
+    for size in args.sizes:
+        rows += run_size(size, clients, lambda message: print(message, flush=True))
+    emit_table(format_table(rows), args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
