@@ -9,12 +9,38 @@ import numpy as np
 
 SUPPORTED_TASKS = ("text2text-generation",)
 
+# transformers' Text2TextGenerationPipeline generates with its own defaults (its
+# `_default_generation_config`) wherever the call does not say otherwise; they win over the model's
+# generation config, except that a max_length the model's config sets (other than the global 20)
+# takes the place of the pipeline's max_new_tokens.
+PIPELINE_GENERATION_DEFAULTS = {"max_new_tokens": 256, "num_beams": 4}
+
+
+def pipeline_generate_kwargs(model, generate_kwargs: dict) -> dict:
+    """`generate` arguments for a pipeline call, as transformers' text2text pipeline resolves them."""
+    from .generation.options import defaults_from_model_config
+
+    stored = model.generation_config or defaults_from_model_config(model.config)
+    kwargs = dict(PIPELINE_GENERATION_DEFAULTS)
+    if stored.get("max_length") not in (None, 20):
+        kwargs["max_new_tokens"] = None
+    else:
+        # Where 256 new tokens do not fit the decoder's positions, transformers fails once it gets there;
+        # here the default stops at the last position instead.
+        decoder = getattr(model.config, "decoder", model.config)
+        kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], int(decoder.max_position_embeddings) - 1)
+    kwargs.update(generate_kwargs)
+    return kwargs
+
 
 class Text2TextGenerationPipeline:
     """Tokenize, generate, decode (skip_special_tokens=True), batched.
 
     `pipe(text_or_texts, **generate_kwargs)` returns `[{"generated_text": ...}, ...]`: one dict per
-    input (a list of dicts per input when num_return_sequences > 1), as transformers does.
+    input (a list of dicts per input when num_return_sequences > 1), as transformers does, with
+    transformers' pipeline defaults (`num_beams=4`, `max_new_tokens=256`) where the call does not set them
+    (`PIPELINE_GENERATION_DEFAULTS`). Unlike transformers, inputs longer than the encoder allows are
+    truncated (`truncation=True`) instead of failing inside the model.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 8):
@@ -30,6 +56,7 @@ class Text2TextGenerationPipeline:
         texts = [inputs] if single else list(inputs)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("pipeline input must be a string or a non-empty list of strings")
+        generate_kwargs = pipeline_generate_kwargs(self.model, generate_kwargs)
         num_return = int(generate_kwargs.get("num_return_sequences") or 1)
         size = int(batch_size or self.batch_size)
         limit = self.model.config.encoder.max_position_embeddings

@@ -52,6 +52,27 @@ def test_pipeline_matches_transformers_generate_and_decode(model_dir):
     assert len(several) == 2 and all(len(r) == 2 for r in several)
 
 
+def test_pipeline_defaults_as_transformers_pipeline(model_dir, tmp_path):
+    """transformers' text2text pipeline decodes with num_beams=4 / max_new_tokens=256 unless told
+    otherwise, and a max_length in the model's generation config replaces its max_new_tokens."""
+    import copy
+
+    import transformers
+
+    path, tm, tok = model_dir
+    theirs = transformers.pipeline("text2text-generation", model=tm, tokenizer=tok)
+    ours = pipeline("text2text-generation", model=path)
+    texts = ["Rain again.", "Numbers: one two three.", "hello world"]  # inputs where 4 beams beat greedy
+    assert ours(texts, max_new_tokens=8) == theirs(texts, max_new_tokens=8)
+    assert ours(texts, max_new_tokens=8) != ours(texts, max_new_tokens=8, num_beams=1)  # the default matters here
+    capped = copy.deepcopy(tm)
+    capped.generation_config.max_length = 12
+    capped.save_pretrained(str(tmp_path))
+    tok.save_pretrained(str(tmp_path))
+    theirs = transformers.pipeline("text2text-generation", model=capped, tokenizer=tok)
+    assert pipeline("text2text-generation", model=str(tmp_path))(texts) == theirs(texts)
+
+
 def test_cli_generate_arguments_and_stdin(model_dir):
     path, _, _ = model_dir
     pipe = pipeline("text2text-generation", model=path)

@@ -28,7 +28,7 @@ ENV = dict(os.environ,
 TEXTS = ["The cat sat on the mat.", "JAX compiles the loop once.", "Short one.", "Dogs bark at night.",
          "A fourth, longer input sentence.", "Five.", "Trains run late on Sundays.", "Bread rises slowly.",
          "The river froze.", "Music fills the hall.", "Ten words are not many.", "Rain again."]
-GREEDY = {"max_new_tokens": 8}
+GREEDY = {"max_new_tokens": 8, "num_beams": 1}
 BEAM = {"max_new_tokens": 8, "num_beams": 2, "num_return_sequences": 2}
 
 

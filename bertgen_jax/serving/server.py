@@ -126,10 +126,12 @@ class ModelEngine(_Engine):
 
     def check(self, options: dict):
         from ..generation.options import resolve_options
+        from ..pipeline import pipeline_generate_kwargs
 
         checked = check_options({k: v for k, v in options.items() if k != "seed"})
         try:
-            resolve_options(self.model.config, self.model.generation_config, checked)
+            resolve_options(self.model.config, self.model.generation_config,
+                            pipeline_generate_kwargs(self.model, checked))
         except ValueError as err:
             raise OptionError("parameters", str(err)) from err
         return ("options", json.dumps(checked, sort_keys=True))
@@ -139,7 +141,9 @@ class ModelEngine(_Engine):
         return [list(ids) for ids in encoded["input_ids"]]
 
     def generate_rows(self, options, ids, mask):
-        return self.model.generate(ids, mask, **_prng_key(options)).sequences
+        from ..pipeline import pipeline_generate_kwargs
+
+        return self.model.generate(ids, mask, **pipeline_generate_kwargs(self.model, _prng_key(options))).sequences
 
 
 def load_engine(path: str, dtype=None) -> _Engine:
