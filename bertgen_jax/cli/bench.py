@@ -6,6 +6,8 @@ import os
 import runpy
 import sys
 
+NAME = "bench"
+HELP = "benchmark against PyTorch transformers"
 DESCRIPTION = ("Run a benchmark script from the project's benchmarks/ folder (generate, train, quantization) "
                "against PyTorch transformers in the same process; extra arguments go to the script.")
 SCRIPTS = ("generate", "train", "quantization")
@@ -17,7 +19,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.path.join(root, "benchmarks", f"{args.which}.py")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"benchmark script {path} is not there (benchmarks/ ships with the source checkout)")
