@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import jax
 
-    from ..pipeline import pipeline
+    from .. import pipeline  # the function (see bertgen_jax/__init__.py)
 
     texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
