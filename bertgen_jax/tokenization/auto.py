@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Union
 
-from .base import (
-    SPIECE_FILE, TokenizerFileError, _kind_from_directory_files, _kind_from_files, _resolve,
-)
+from .base import SPIECE_FILE, TokenizerFileError, _kind_from_directory_files, _kind_from_files, _resolve
 from .fast import FastTokenizer
 from .sentencepiece import BertGenerationTokenizer
 
@@ -15,6 +13,7 @@ from .sentencepiece import BertGenerationTokenizer
 # --------------------------------------------------------------------------------------------------
 # AutoTokenizer
 # --------------------------------------------------------------------------------------------------
+
 
 class AutoTokenizer:
     """Pick and load the right tokenizer for a checkpoint directory or hub repo id."""

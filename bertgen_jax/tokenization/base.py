@@ -65,6 +65,15 @@ def _read_json(path: str) -> Any:
         return json.load(handle)
 
 
+def _make_save_directory(path: Union[str, os.PathLike]) -> str:
+    """The directory save_pretrained writes into, created if missing; a file there is an error."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        raise NotADirectoryError(f"{path!r} is a file; save_pretrained needs a directory")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def _to_added_token(value: Any, special: Optional[bool] = None) -> Any:
     """Turn a serialized AddedToken dict (with or without "__type") into an AddedToken; leave others alone."""
     if isinstance(value, dict) and "content" in value:

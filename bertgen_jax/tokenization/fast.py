@@ -12,9 +12,9 @@ from typing import Any, Optional, Sequence, Union
 from tokenizers import AddedToken
 
 from .base import (
-    BERT_VOCAB_FILE, BPE_FILES, BPE_MERGES_FILE, BPE_VOCAB_FILE, SPECIAL_TOKEN_NAMES, TOKENIZER_FILE, TokenLike,
-    TokenizerFileError, _TokenizerBase, _atomic_write, _content, _kind_from_directory_files, _kind_from_files,
-    _load_init_kwargs, _read_json, _resolve, _to_added_token, _to_id_list,
+    BERT_VOCAB_FILE, BPE_FILES, BPE_MERGES_FILE, BPE_VOCAB_FILE, SPECIAL_TOKEN_NAMES, TOKENIZER_FILE,
+    TokenizerFileError, TokenLike, _atomic_write, _content, _kind_from_directory_files, _kind_from_files,
+    _load_init_kwargs, _make_save_directory, _read_json, _resolve, _to_added_token, _to_id_list, _TokenizerBase,
 )
 
 logger = logging.getLogger(__name__)
@@ -367,10 +367,7 @@ class FastTokenizer(_TokenizerBase):
     def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> tuple:
         """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and the vocabulary files,
         which transformers' AutoTokenizer loads back with the same ids."""
-        save_directory = os.fspath(save_directory)
-        if os.path.isfile(save_directory):
-            raise NotADirectoryError(f"{save_directory!r} is a file; save_pretrained needs a directory")
-        os.makedirs(save_directory, exist_ok=True)
+        save_directory = _make_save_directory(save_directory)
         config = self._common_config()
         config["tokenizer_class"] = _KIND_CLASS[self.kind]
         files = self._save_config_files(save_directory, config, self.added_tokens_decoder)

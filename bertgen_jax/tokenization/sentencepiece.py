@@ -9,9 +9,11 @@ from typing import Any, Iterable, Optional, Sequence, Union
 from tokenizers import AddedToken
 
 from .base import (
-    ADDED_TOKENS_FILE, SPIECE_FILE, TokenLike, TokenizerFileError, _TokenizerBase, _atomic_write, _content,
-    _load_init_kwargs, _resolve, _to_added_token, _to_id_list, _write_json,
+    ADDED_TOKENS_FILE, SPIECE_FILE, TokenizerFileError, TokenLike, _atomic_write, _content, _load_init_kwargs,
+    _make_save_directory, _resolve, _to_added_token, _to_id_list, _TokenizerBase, _write_json,
 )
+
+
 # --------------------------------------------------------------------------------------------------
 # SentencePiece: BertGenerationTokenizer
 # --------------------------------------------------------------------------------------------------
@@ -291,10 +293,7 @@ class BertGenerationTokenizer(_TokenizerBase):
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> tuple:
         """Write the files transformers' `BertGenerationTokenizer.from_pretrained` reads back identically."""
-        save_directory = os.fspath(save_directory)
-        if os.path.isfile(save_directory):
-            raise NotADirectoryError(f"{save_directory!r} is a file; save_pretrained needs a directory")
-        os.makedirs(save_directory, exist_ok=True)
+        save_directory = _make_save_directory(save_directory)
         config = self._common_config()
         config["tokenizer_class"] = "BertGenerationTokenizer"
         files = self._save_config_files(save_directory, config, self._added_decoder)
