@@ -1,52 +1,55 @@
-"""bertgen_jax: BertGeneration (bert2bert, roberta2roberta) in JAX/Flax, with transformers parity."""
+"""bertgen_jax: BertGeneration (bert2bert, roberta2roberta) in JAX/Flax, with transformers parity.
 
-import importlib as _importlib
+The tokenizers load here at once; the names that need jax (config, models, pipeline, quantization) load on
+first use, so `from bertgen_jax.tokenization import AutoTokenizer` (a tokenizing server) needs no jax or flax.
+"""
 
-from .compile_cache import enable_from_environment as _enable_cache_from_env
-from .compile_cache import enable_persistent_compilation_cache
+import os as _os
 
-# Public names load their module on first use (PEP 562), so that `bertgen_jax.serving` and the
-# tokenizers can be imported without flax or the model code.
-_LAZY = {
-    "BertGenerationConfig": "config", "EncoderDecoderConfig": "config", "load_config": "config",
-    "BertGenerationDecoder": "models", "BertGenerationEncoder": "models", "CausalLMOutput": "models",
-    "EncoderDecoderModel": "models", "EncoderOutput": "models", "Seq2SeqLMOutput": "models",
-    "shift_tokens_right": "models", "pipeline": "pipeline", "QuantizationConfig": "quantization",
-    "quantize_model": "models", "AutoTokenizer": "tokenization", "BertGenerationTokenizer": "tokenization",
-}
-
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
+from .tokenization import AutoTokenizer, BertGenerationTokenizer
 
 __version__ = "0.1.0"
-_enable_cache_from_env()
+
+_CONFIG_NAMES = ("BertGenerationConfig", "EncoderDecoderConfig", "load_config")
+_MODEL_NAMES = ("BertGenerationDecoder", "BertGenerationEncoder", "CausalLMOutput", "EncoderDecoderModel",
+                "EncoderOutput", "Seq2SeqLMOutput", "shift_tokens_right", "quantize_model")
 
 __all__ = [
-    "BertGenerationConfig",
-    "EncoderDecoderConfig",
-    "load_config",
-    "BertGenerationEncoder",
-    "BertGenerationDecoder",
-    "EncoderDecoderModel",
-    "EncoderOutput",
-    "CausalLMOutput",
-    "Seq2SeqLMOutput",
-    "shift_tokens_right",
+    *_CONFIG_NAMES,
+    *_MODEL_NAMES,
     "AutoTokenizer",
     "BertGenerationTokenizer",
     "pipeline",
     "enable_persistent_compilation_cache",
     "QuantizationConfig",
-    "quantize_model",
 ]
+
+if _os.environ.get("BERTGEN_COMPILATION_CACHE"):  # set before anything compiles (compile_cache.ENV_VAR)
+    from .compile_cache import enable_from_environment as _enable_cache_from_env
+
+    _enable_cache_from_env()
+
+
+def __getattr__(name: str):
+    if name in _CONFIG_NAMES:
+        from . import config as module
+    elif name in _MODEL_NAMES:
+        from . import models as module
+    elif name == "pipeline":
+        # The function, not the submodule of the same name: `from .pipeline import` loads the submodule
+        # without asking this package for the attribute; keeping the function in globals() settles the name.
+        from .pipeline import pipeline as function
+
+        globals()["pipeline"] = function
+        return function
+    elif name == "enable_persistent_compilation_cache":
+        from . import compile_cache as module
+    elif name == "QuantizationConfig":
+        from . import quantization as module
+    else:
+        raise AttributeError(f"module 'bertgen_jax' has no attribute {name!r}")
+    return getattr(module, name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

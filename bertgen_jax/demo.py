@@ -13,7 +13,6 @@ fine-tuned model in transformers' format (`train/model`) and `report.json`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,29 +21,8 @@ from types import SimpleNamespace
 
 from converters.files import atomic_write_text
 
-DESCRIPTION = (
-    "Fine-tune a bert2bert warm-started from the shipped all-MiniLM-L6-v2 weights on a generated "
-    "sentence-fusion data set (no network), and print generated fusions with BLEU / exact-match scores "
-    "before and after training.")
-
 MARKER = ".bertgen-demo"  # an output directory holding this file was written by the demo: safe to replace
 EVAL_EXAMPLES = 200  # eval-loss pairs the trainer scores at the start and the end
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--output-dir", default=os.path.join("runs", "fusion-demo"),
-                        help="where data, checkpoints, logs and the model go (a previous demo run there is replaced)")
-    parser.add_argument("--model", default=None, help="BERT-style checkpoint to warm-start from (default: shipped MiniLM)")
-    parser.add_argument("--steps", type=int, default=600, help="optimizer updates")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--train-examples", type=int, default=3000)
-    parser.add_argument("--test-examples", type=int, default=100, help="held-out pairs scored before and after")
-    parser.add_argument("--show", type=int, default=5, help="generated examples to print")
-    parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser
 
 
 def _prepare_output_dir(path: str) -> None:
@@ -71,7 +49,8 @@ def _sentence_bleus(predictions, references, lowercase: bool) -> list[float]:
     return [sacrebleu.sentence_bleu(p, [r], lowercase=lowercase).score for p, r in zip(predictions, references)]
 
 
-def run(args) -> int:
+def run_demo(args) -> int:
+    """Run the demo for `bertgen demo`'s arguments (`bertgen_jax/cli/demo.py`); returns the exit code."""
     import jax
 
     from .data.fusion import write_fusion_dataset

@@ -264,7 +264,7 @@ def _torch_to_numpy(torch, tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-# ----------------------------------------------------------------------------- atomic writes (see files.py)
+# ----------------------------------------------------------------------------- backups of shards being replaced
 
 
 def _backup_path(shard_path: str) -> str:

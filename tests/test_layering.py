@@ -113,3 +113,24 @@ def test_training_imports_models_not_modules_or_converters():
 def test_generation_gets_no_model_object():
     for module in [m for m in MODULES if m.startswith("bertgen_jax.generation")]:
         assert "bertgen_jax.models" not in _reach(module), module
+
+
+def test_tokenization_imports_no_model_code():
+    # A server imports `bertgen_jax.tokenization.AutoTokenizer` without flax or the models.
+    package = [m for m in MODULES if m.startswith("bertgen_jax.tokenization")]
+    assert len(package) > 1
+    allowed = {"bertgen_jax", "bertgen_jax.hub", "converters", "converters.files"}
+    for module in package:
+        outside = {m for m in _reach(module) if not m.startswith("bertgen_jax.tokenization")}
+        assert outside <= allowed, f"{module} reaches {sorted(outside - allowed)}"
+
+
+def test_tokenization_imports_without_flax_or_jax():
+    import subprocess
+    import sys
+
+    code = ("import sys; from bertgen_jax.tokenization import AutoTokenizer; "
+            "loaded = sorted(m for m in ('flax', 'jax', 'bertgen_jax.models', 'bertgen_jax.modules') if m in sys.modules); "
+            "print(loaded); sys.exit(1 if loaded else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sys
 
+from .common import add_dtype_argument, add_model_argument, jax_dtype
+
+NAME = "generate"
+HELP = "generate text from a bert2bert / roberta2roberta checkpoint"
 DESCRIPTION = ("Generate text with a bert2bert / roberta2roberta checkpoint (directory or hub repo id). Inputs are "
                "the TEXT arguments, or the lines of standard input when there are none; one output line per input "
                "(num_return_sequences outputs per input, in order).")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint directory or hub repo id")
+    add_model_argument(parser, required=True, help="checkpoint directory or hub repo id", local_files_only=True)
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="input texts (default: read lines from stdin)")
     parser.add_argument("--num-beams", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None)
@@ -26,15 +30,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (with --do-sample)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    parser.add_argument("--local-files-only", action="store_true", help="do not reach the hub")
+    add_dtype_argument(parser)
 
 
 def run(args) -> int:
     import jax
 
-    from .cli import _dtype
-    from .pipeline import pipeline
+    from .. import pipeline  # the function (see bertgen_jax/__init__.py)
 
     texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
@@ -45,7 +47,7 @@ def run(args) -> int:
     options = {k: v for k, v in options.items() if v is not None}
     if options.get("do_sample"):
         options["prng_key"] = jax.random.PRNGKey(args.seed)
-    pipe = pipeline("text2text-generation", model=args.model, dtype=_dtype(args.dtype), batch_size=args.batch_size,
+    pipe = pipeline("text2text-generation", model=args.model, dtype=jax_dtype(args.dtype), batch_size=args.batch_size,
                     local_files_only=args.local_files_only)
     results = pipe(texts, **options)
     for result in results:

@@ -1,9 +1,11 @@
-"""Shared tail of the benchmark scripts: print the markdown table and optionally write it to a file."""
+"""Shared tail of the benchmarks: print the markdown table and optionally write it to a file."""
 
 from __future__ import annotations
 
 import os
 from typing import Optional
+
+from converters.files import atomic_write_text
 
 
 def emit_table(table: str, path: Optional[str]) -> None:
@@ -11,5 +13,4 @@ def emit_table(table: str, path: Optional[str]) -> None:
     print(table)
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(table)
+        atomic_write_text(path, table)
