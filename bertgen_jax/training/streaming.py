@@ -65,8 +65,7 @@ class PairSource:
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
         self.path, self.columns = path, (source_column, target_column)
-        ext = os.path.splitext(path)[1].lower()
-        self.format = (file_format or ("parquet" if ext in (".parquet", ".pq") else _format_of(path, None))).lower()
+        self.format = _format_of(path, file_format)
         if self.format == "parquet":
             self.blocks = self._index_parquet()
         elif self.format in ("jsonl", "csv", "tsv"):

@@ -441,7 +441,7 @@ class Trainer:
                                           f"stops after step {step}")
                             interrupted = True
                             break
-                        lengths, tokens = tuple(agreed[:, 1:3].max(0)), int(agreed[:, 3].sum())
+                        lengths, tokens = tuple(int(n) for n in agreed[:, 1:3].max(0)), int(agreed[:, 3].sum())
                     window_tokens += tokens
                     state, metrics = self.train_step(state, self._device_batch(batch, lengths))
                     self._live_state = state
