@@ -97,16 +97,27 @@ def launch_with_flags(task, output_dir, *extra, processes=2, log_name="logs", me
     return Run(commands, output_dir.parent / f"{output_dir.name}-{log_name}")
 
 
+SLURM_PORTS = 65535 - 2**12 + 1  # JAX derives the coordinator port from the job id: this + id % 4096
+
+
+def _free_slurm_job_id() -> str:
+    for offset in np.random.default_rng().permutation(2**12):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", SLURM_PORTS + int(offset)))
+            except OSError:
+                continue
+        return str(2**12 * 1000 + int(offset))
+    raise AssertionError("no free port in the range SLURM runs use")
+
+
 def launch_slurm_style(task, output_dir, *extra, log_name="logs") -> Run:
-    port = _free_port()
-    job_id = str(port - (65535 - 2**12 + 1) + 2**12 * 7) if port > 65535 - 2**12 else None
+    """As `srun --ntasks 2` starts them: only SLURM's variables say who is who."""
+    job_id = _free_slurm_job_id()
     commands = []
     for i in range(2):
-        if job_id is not None:  # JAX derives the coordinator port from the job id
-            env = _env(DEVICES_PER_PROCESS, SLURM_JOB_ID=job_id, SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
-                       SLURM_PROCID=str(i), SLURM_LOCALID=str(i), SLURM_STEP_NUM_NODES="1")
-        else:
-            pytest.fail(f"no free port in SLURM's range (got {port})")
+        env = _env(DEVICES_PER_PROCESS, SLURM_JOB_ID=job_id, SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+                   SLURM_PROCID=str(i), SLURM_LOCALID=str(i), SLURM_STEP_NUM_NODES="1")
         commands.append((_train_args(task, output_dir, "--mesh", "data=4,fsdp=2", "--distributed", *extra), env))
     return Run(commands, output_dir.parent / f"{output_dir.name}-{log_name}")
 

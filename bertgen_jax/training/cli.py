@@ -150,6 +150,15 @@ def _settings_to_compare(args) -> dict:
 def run_train(args) -> int:
     """Run `bertgen train`; returns the exit code (0 done, 1 bad input or a lost peer, 130 stopped by
     SIGINT / SIGTERM after saving a checkpoint)."""
+    code = _run_train(args)
+    if args.distributed:
+        from . import distributed
+
+        code = distributed.finish(code)
+    return code
+
+
+def _run_train(args) -> int:
     from .distributed import DistributedError
 
     launch_flags = (args.coordinator, args.num_processes, args.process_id)

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import socket
+import sys
 from typing import Optional, Sequence
 
 import jax
@@ -188,6 +189,33 @@ def name_lost_peers(error: BaseException) -> Optional[str]:
             f"{' (the coordinator)' if lost == [0] else ''}: it crashed, was killed or stopped answering "
             f"({cause}); process {me} stops too. Run the same command with --resume to continue from the "
             "last checkpoint")
+
+
+def finish(exit_code: int) -> int:
+    """Leave a multi-process run in order, whatever the outcome: meet the others at a barrier, then the
+    other processes disconnect first and process 0, which hosts the coordination service, shuts it down
+    last (the other way round they abort at exit, unable to reach it). If the others do not all reach the
+    barrier within the heartbeat timeout (one failed alone, or died), exit at once with `exit_code`."""
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None:
+        return exit_code
+    timeout = DEFAULT_HEARTBEAT_TIMEOUT
+    try:
+        timeout = _env_int("BERTGEN_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT)
+    except DistributedError:
+        pass
+    try:
+        client.wait_at_barrier("bertgen_exit", timeout * 1000)
+        if jax.process_index() == 0:  # returns once every other process has disconnected (or died)
+            client.get_live_nodes(list(range(jax.process_count())))
+        jax.distributed.shutdown()
+    except Exception:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+    return exit_code
 
 
 def is_multiprocess() -> bool:
