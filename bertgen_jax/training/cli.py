@@ -187,13 +187,11 @@ def _exit_if_a_peer_was_lost(err: BaseException) -> None:
     if not distributed.is_multiprocess():
         return
     try:
-        message = distributed.name_lost_peers(err)
+        lost = distributed.lost_peers()
     except Exception:
-        message = None
-    if message is not None:
-        print(f"bertgen train: error: {message}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(1)
+        lost = []
+    if lost:
+        distributed.report_lost_peers_and_exit(lost, " ".join(str(err).split()))
 
 
 def _train(args) -> int:

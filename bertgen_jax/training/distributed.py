@@ -31,6 +31,8 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 from typing import Optional, Sequence
 
 import jax
@@ -164,15 +166,65 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
             f"process {settings.process_id}: the {expected} processes did not all meet at {where} within "
             f"{settings.init_timeout} s (is every process started, with the same --num-processes and the same "
             f"coordinator, and is process 0 reachable?): {text[:300]}") from None
+    if jax.process_count() > 1:
+        _Watchdog().start()
     return settings
 
 
-def name_lost_peers(error: BaseException) -> Optional[str]:
-    """After a failed collective or barrier: ask the coordination service which processes are still
-    alive (the call returns once the dead ones missed their heartbeat, at most the heartbeat timeout)
-    and describe the lost ones in one line; None when every process is alive (a different error)."""
+class _Watchdog(threading.Thread):
+    """Names a lost peer whatever the main thread is blocked in (a collective, a compile, a new Gloo
+    group's rendezvous that would wait for the dead process for many minutes). Each round, every
+    process's watchdog asks the coordination service for the live processes; the call returns when
+    all have asked, or, if one died, once it missed its heartbeats (the heartbeat timeout)."""
+
+    def __init__(self, interval: float = 2.0):
+        super().__init__(name="bertgen-peer-watchdog", daemon=True)
+        self.interval = interval
+
+    def run(self):
+        from jax._src import distributed as jax_distributed
+
+        client = jax_distributed.global_state.client
+        everyone = list(range(jax.process_count()))
+        while not _finishing.is_set():
+            try:
+                live = set(client.get_live_nodes(everyone))
+            except Exception:  # the coordination service is gone: it ran in process 0
+                live = set(everyone) - {0}
+            if _finishing.is_set():
+                return
+            lost = [i for i in everyone if i not in live]
+            if lost:
+                report_lost_peers_and_exit(lost, "no heartbeat from it")
+            time.sleep(self.interval)
+
+
+_finishing = threading.Event()
+_report_lock = threading.Lock()
+
+
+def lost_peer_message(lost: Sequence[int], cause: str) -> str:
+    everyone = jax.process_count()
+    return (f"lost peer process {', '.join(map(str, lost))} of {everyone}"
+            f"{' (the coordinator)' if list(lost) == [0] else ''}: it crashed, was killed or stopped answering "
+            f"({cause[:160]}); process {jax.process_index()} stops too. Run the same command with --resume to "
+            "continue from the last checkpoint")
+
+
+def report_lost_peers_and_exit(lost: Sequence[int], cause: str, exit_code: int = 1) -> None:
+    """One line on stderr, then exit at once (JAX's exit-time shutdown would wait for the dead process)."""
+    with _report_lock:  # the watchdog and the main thread may both find out
+        sys.stderr.write(f"bertgen train: error: {lost_peer_message(lost, cause)}\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(exit_code)
+
+
+def lost_peers() -> list[int]:
+    """After a failed collective or barrier: the processes the coordination service no longer sees
+    (the call returns once dead ones missed their heartbeat: at most the heartbeat timeout)."""
     if not is_multiprocess():
-        return None
+        return []
     from jax._src import distributed as jax_distributed
 
     client = jax_distributed.global_state.client
@@ -181,14 +233,7 @@ def name_lost_peers(error: BaseException) -> Optional[str]:
         live = set(client.get_live_nodes(everyone))
     except Exception:  # the coordination service itself is gone: it ran in process 0
         live = set(everyone) - {0}
-    lost = [i for i in everyone if i not in live and i != me]
-    if not lost:
-        return None
-    cause = " ".join(str(error).split())[:160]
-    return (f"lost peer process {', '.join(map(str, lost))} of {len(everyone)}"
-            f"{' (the coordinator)' if lost == [0] else ''}: it crashed, was killed or stopped answering "
-            f"({cause}); process {me} stops too. Run the same command with --resume to continue from the "
-            "last checkpoint")
+    return [i for i in everyone if i not in live and i != me]
 
 
 def finish(exit_code: int) -> int:
@@ -201,6 +246,7 @@ def finish(exit_code: int) -> int:
     client = jax_distributed.global_state.client
     if client is None:
         return exit_code
+    _finishing.set()
     timeout = DEFAULT_HEARTBEAT_TIMEOUT
     try:
         timeout = _env_int("BERTGEN_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT)
