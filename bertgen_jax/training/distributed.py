@@ -148,10 +148,24 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     # Recoverable: a lost process is not a fatal error that JAX broadcasts to every process (a C++ abort
     # with a screen of stack); the survivors see a failed collective and name the lost peer themselves.
     jax.config.update("jax_enable_recoverability", True)
+    where = settings.coordinator or "the auto-detected coordinator"
+    expected = settings.num_processes if settings.num_processes is not None else "all"
+    waiting = f"the {expected} processes did not all meet at {where} within {settings.init_timeout} s"
+    hint = ("is every process started, with the same --num-processes and the same coordinator, and is "
+            "process 0 reachable?")
+
+    def give_up():  # JAX would abort with a fatal log some seconds later: say it in one line first
+        sys.stderr.write(f"bertgen train: error: process {settings.process_id}: {waiting} ({hint})\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(settings.init_timeout, give_up)
+    timer.daemon = True
+    timer.start()
     try:
         jax.distributed.initialize(
             coordinator_address=settings.coordinator, num_processes=settings.num_processes,
-            process_id=settings.process_id, initialization_timeout=settings.init_timeout,
+            process_id=settings.process_id, initialization_timeout=settings.init_timeout + 30,
             heartbeat_timeout_seconds=settings.heartbeat_timeout)
     except (ValueError, TypeError) as err:  # nothing set and no cluster detected, or bad values
         raise DistributedError(
@@ -160,12 +174,9 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
             "or launch under SLURM, Open MPI, Kubernetes or a Cloud TPU pod)") from None
     except Exception as err:  # XlaRuntimeError: deadline exceeded, unavailable, ...
         text = " ".join(str(err).split())
-        where = settings.coordinator or "the auto-detected coordinator"
-        expected = settings.num_processes if settings.num_processes is not None else "all"
-        raise DistributedError(
-            f"process {settings.process_id}: the {expected} processes did not all meet at {where} within "
-            f"{settings.init_timeout} s (is every process started, with the same --num-processes and the same "
-            f"coordinator, and is process 0 reachable?): {text[:300]}") from None
+        raise DistributedError(f"process {settings.process_id}: {waiting} ({hint}): {text[:300]}") from None
+    finally:
+        timer.cancel()
     if jax.process_count() > 1:
         _Watchdog().start()
     return settings
