@@ -237,3 +237,60 @@ def test_port_in_use_and_a_missing_process_are_errors_not_hangs(task, tmp_path):
     assert run.wait(60) == [1], run.output()
     errors = [line for line in run.output().splitlines() if line.startswith("bertgen train: error:")]
     assert len(errors) == 1 and "did not all meet" in errors[0] and "within 5 s" in errors[0], run.output()
+
+
+# ----------------------------------------------------------------------------- resume rules (one process)
+def _run_in_process(task, output_dir, *extra) -> int:
+    import argparse
+
+    from bertgen_jax.training.cli import add_train_arguments, run_train
+
+    argv = _train_args(task, output_dir, "--max-steps", "4", "--save-every", "2", *extra)[3:]
+    return run_train(add_train_arguments(argparse.ArgumentParser()).parse_args(argv))
+
+
+def test_resume_without_a_checkpoint_says_so(task, tmp_path, capsys):
+    assert _run_in_process(task, tmp_path / "none", "--resume") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "there is no checkpoint in" in err and "--resume auto" in err, err
+    assert not os.path.isdir(tmp_path / "none" / "model")
+    # --resume auto: resume if there is one, else start from step 0 (and say so)
+    assert _run_in_process(task, tmp_path / "auto", "--resume", "auto") == 0
+    out = capsys.readouterr().out
+    assert "no checkpoint in" in out and "starting from step 0" in out, out
+    assert sorted(os.listdir(tmp_path / "auto" / "checkpoints")) == ["2", "4"]
+
+
+def _largest_file(directory) -> str:
+    files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+    return max(files, key=os.path.getsize)
+
+
+def _truncate(path) -> None:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as handle:
+        handle.truncate(size // 2)
+
+
+@pytest.mark.parametrize("damage", ["array file", "_METADATA"])
+def test_a_damaged_newest_checkpoint_is_named_and_the_newest_intact_one_used(task, tmp_path, capsys, damage):
+    import shutil
+
+    base = task["root"] / "resume-base"
+    if not (base / "model").is_dir():  # one straight run (checkpoints at 2 and 4) shared by both cases
+        assert _run_in_process(task, base) == 0
+    out = tmp_path / "run"
+    shutil.copytree(base, out)
+    shutil.rmtree(out / "model")
+    newest = out / "checkpoints" / "4"
+    victim = _largest_file(newest / "state" / "ocdbt.process_0") if damage == "array file" else newest / "state" / "_METADATA"
+    _truncate(victim)
+    capsys.readouterr()
+    assert _run_in_process(task, out, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert f"checkpoint step 4 ({newest}) is damaged and is skipped" in printed, printed
+    assert f"falling back to the newest intact checkpoint: step 2 ({out / 'checkpoints' / '2'})" in printed, printed
+    assert f"moved the damaged checkpoint step 4 to {out / 'checkpoints' / 'damaged-4'}" in printed
+    assert sorted(os.listdir(out / "checkpoints")) == ["2", "4", "damaged-4"]
+    # steps 3-4 ran again from step 2 to the straight run's weights
+    assert max_weight_diff(exported_weights(out), exported_weights(base)) == 0.0
