@@ -475,7 +475,8 @@ class Trainer:
         self.model.params = _to_host(state.params)
         export_dir = None
         if interrupted:
-            self._message(f"interrupted at step {step}: checkpoint saved in {checkpointer.directory}; "
+            by = f" by {self._stop.signal_name}" if self._stop and self._stop.signal_name else ""
+            self._message(f"interrupted{by} at step {step}: checkpoint saved in {checkpointer.directory}; "
                           "run again with --resume to continue")
         else:
             if self.eval_loader is not None:
