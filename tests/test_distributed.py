@@ -20,11 +20,14 @@ from test_training import write_copy_task, write_tiny_model, write_tokenizer
 
 DEVICES_PER_PROCESS = 4
 STEPS = 24
+XLA_CACHE: dict = {}
 
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
+    # The runs share JAX's persistent compilation cache: the 2-process step compiles once, not per test.
+    XLA_CACHE["dir"] = str(root / "xla-cache")
     return {"tokenizer": write_tokenizer(root / "tokenizer"), "model": write_tiny_model(root / "model"),
             "train": write_copy_task(root / "train.jsonl", 200, seed=0), "root": root}
 
@@ -46,6 +49,8 @@ def _train_args(task, output_dir, *extra) -> list[str]:
 def _env(devices: int, **extra) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
                BERTGEN_HEARTBEAT_TIMEOUT="10", BERTGEN_INIT_TIMEOUT="60", PYTHONUNBUFFERED="1")
+    if XLA_CACHE.get("dir"):
+        env["BERTGEN_COMPILATION_CACHE"] = XLA_CACHE["dir"]
     for name in list(env):
         if name.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS", "BERTGEN_COORD",
                             "BERTGEN_NUM_PROC", "BERTGEN_PROCESS")):

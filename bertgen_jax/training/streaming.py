@@ -296,6 +296,7 @@ class StreamingLoader:
         self._windows: "OrderedDict[tuple, list[np.ndarray]]" = OrderedDict()  # (epoch, window) -> batches
         self._window_examples: "OrderedDict[tuple, list[Example]]" = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[tuple, threading.Event] = {}
         self._epoch_plans: "OrderedDict[int, tuple]" = OrderedDict()
 
     @property
@@ -332,10 +333,24 @@ class StreamingLoader:
     def _window(self, epoch: int, window: int) -> tuple[list[Example], list[np.ndarray]]:
         """The window's examples and its batches (index arrays into them), cached (two windows)."""
         key = (epoch, window)
-        with self._lock:
-            if key in self._windows:
-                self._windows.move_to_end(key)
-                return self._window_examples[key], self._windows[key]
+        while True:  # one reader per window: the other threads wait for it instead of reading it again
+            with self._lock:
+                if key in self._windows:
+                    self._windows.move_to_end(key)
+                    return self._window_examples[key], self._windows[key]
+                loading = self._loading.get(key)
+                if loading is None:
+                    self._loading[key] = threading.Event()
+                    break
+            loading.wait()
+        try:
+            return self._read_window(key)
+        finally:
+            with self._lock:
+                self._loading.pop(key).set()
+
+    def _read_window(self, key: tuple) -> tuple[list[Example], list[np.ndarray]]:
+        epoch, window = key
         order, windows, _ = self._epoch_plan(epoch)
         first, end = windows[window]
         examples = [e for b in order[first:end] for e in self.source.read_block(int(b))]
