@@ -103,6 +103,19 @@ def test_batches_are_deterministic_bucketed_and_cover_every_record_once(files, t
     assert len({b.lengths for _, b in run[:per_epoch]}) > 3
 
 
+def test_every_epoch_has_the_same_batches_and_covers_every_record(files, tokenizer):
+    source = PairSource(files["parquet"])  # row groups of 70: windows of 160 cut across them
+    loader = _loader(source, tokenizer, batch_size=4, accum=1, window_records=150, pool_batches=2)
+    per_epoch = len(loader)
+    assert per_epoch == 125  # ceil(500 / 4), whatever each epoch's block order
+    run = list(itertools.islice(loader.batches(), 3 * per_epoch))
+    expected = sorted(tuple(ids) for ids in tokenizer([e.source for e in read_examples(files["parquet"])])["input_ids"])
+    for epoch in range(3):
+        rows = [r for _, b in run[epoch * per_epoch:(epoch + 1) * per_epoch] for r in _rows(b) if r is not None]
+        assert sorted(rows) == expected, epoch
+    assert run[-1][0] == BatchPosition(3, 0)
+
+
 def test_resume_mid_epoch_and_across_epochs(files, tokenizer):
     source = PairSource(files["parquet"])
     loader = _loader(source, tokenizer)

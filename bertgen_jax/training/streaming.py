@@ -13,8 +13,8 @@ The file is never held in memory:
   line number) of every 64th record, quoted multi-line CSV fields respected; Parquet: its row groups
   (memory is bounded by the largest row group, so write Parquet with row groups of at most ~64k rows).
   The index is 16 bytes per 64 records.
-- Epoch e shuffles the blocks (seeded by seed, e), groups them into windows of about
-  `window_records` records, shuffles each window's records, cuts them into pools of
+- Epoch e shuffles the blocks (seeded by seed, e), cuts the records in that order into windows of
+  `window_records` (rounded up to a whole number of batches), shuffles each window's records, cuts them into pools of
   `pool_batches` batches sorted by length (characters, a proxy for tokens: bucketing as the in-memory
   loader does, within a window instead of the whole epoch) and shuffles the window's batch order.
   Batch g of the run is therefore found from g alone: resume is O(1), and the data position saved
@@ -304,22 +304,27 @@ class StreamingLoader:
         return self.batch_size * self.accum
 
     # ------------------------------------------------------------------ the plan
+    @property
+    def _window_size(self) -> int:
+        """Records per window: a multiple of the batch, so only an epoch's last batch can be short and
+        every epoch has the same number of batches, ceil(records / batch)."""
+        size = self.examples_per_batch
+        return max(1, -(-self.window_records // size)) * size
+
     def _epoch_plan(self, epoch: int):
-        """(block order, window -> (first block, end block), cumulative batches per window)."""
+        """(block order, record number where each ordered block starts (+ the total), cumulative batches
+        per window). Epoch e's record stream is its blocks in a seeded order; window w is records
+        [w * window, (w + 1) * window) of that stream."""
         with self._lock:
             if epoch in self._epoch_plans:
                 return self._epoch_plans[epoch]
         blocks = self.source.blocks
         order = (np.random.default_rng([self.seed, epoch]).permutation(len(blocks)) if self.shuffle
                  else np.arange(len(blocks)))
-        windows, counts, first, records = [], [], 0, 0
-        for i, b in enumerate(order):
-            records += blocks[b].count
-            if records >= self.window_records or i == len(order) - 1:
-                windows.append((first, i + 1))
-                counts.append(-(-records // self.examples_per_batch))
-                first, records = i + 1, 0
-        plan = (order, windows, np.cumsum([0] + counts))
+        starts = np.concatenate([[0], np.cumsum([blocks[b].count for b in order])])
+        total, window = int(starts[-1]), self._window_size
+        counts = [-(-min(window, total - lo) // self.examples_per_batch) for lo in range(0, total, window)]
+        plan = (order, starts, np.cumsum([0] + counts))
         with self._lock:
             self._epoch_plans[epoch] = plan
             while len(self._epoch_plans) > 2:
@@ -351,9 +356,13 @@ class StreamingLoader:
 
     def _read_window(self, key: tuple) -> tuple[list[Example], list[np.ndarray]]:
         epoch, window = key
-        order, windows, _ = self._epoch_plan(epoch)
-        first, end = windows[window]
+        order, starts, _ = self._epoch_plan(epoch)
+        lo = window * self._window_size
+        hi = min(lo + self._window_size, int(starts[-1]))
+        first = int(np.searchsorted(starts, lo, side="right")) - 1  # the blocks that overlap [lo, hi)
+        end = int(np.searchsorted(starts, hi, side="left"))
         examples = [e for b in order[first:end] for e in self.source.read_block(int(b))]
+        examples = examples[lo - int(starts[first]): hi - int(starts[first])]
         size = self.examples_per_batch
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch, window])
