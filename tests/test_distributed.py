@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 from test_training import write_copy_task, write_tiny_model, write_tokenizer
 
 DEVICES_PER_PROCESS = 4
-STEPS = 24
+STEPS = 12
 XLA_CACHE: dict = {}
 
 
