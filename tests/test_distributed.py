@@ -299,3 +299,24 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_newest_intact_one_used(tas
     assert sorted(os.listdir(out / "checkpoints")) == ["2", "4", "damaged-4"]
     # steps 3-4 ran again from step 2 to the straight run's weights
     assert max_weight_diff(exported_weights(out), exported_weights(base)) == 0.0
+
+
+# ----------------------------------------------------------------------------- launch settings
+def test_launch_settings_come_from_flags_then_bertgen_then_jax_variables():
+    from bertgen_jax.training.distributed import DistributedError, resolve_launch
+
+    jax_env = {"JAX_COORDINATOR_ADDRESS": "h0:1", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+    settings = resolve_launch(environ=jax_env)  # JAX itself reads only the address of these three
+    assert (settings.coordinator, settings.num_processes, settings.process_id) == ("h0:1", 4, 3)
+    assert settings.sources == {"coordinator": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
+                                "process_id": "JAX_PROCESS_ID"}
+    both = dict(jax_env, BERTGEN_COORDINATOR_ADDRESS="h1:2", BERTGEN_NUM_PROCESSES="2")
+    settings = resolve_launch(process_id=1, environ=both)
+    assert (settings.coordinator, settings.num_processes, settings.process_id) == ("h1:2", 2, 1)
+    assert settings.sources["process_id"] == "--process-id"
+    assert resolve_launch(environ={}).coordinator is None  # left to JAX's cluster auto-detection
+    for kwargs, env, message in ((dict(coordinator="nohostport"), {}, "must be HOST:PORT"),
+                                 ({}, {"BERTGEN_NUM_PROCESSES": "two"}, "BERTGEN_NUM_PROCESSES='two' is not an integer"),
+                                 (dict(num_processes=2, process_id=2), {}, "must be in 0..1")):
+        with pytest.raises(DistributedError, match=message):
+            resolve_launch(environ=env, **kwargs)
