@@ -49,6 +49,10 @@ class Checkpointer:
                                                                            meta=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["meta"])
 
+    def reload(self) -> None:
+        """Re-read the list of steps from disk (after checkpoints were moved aside)."""
+        self.manager.reload()
+
     def close(self) -> None:
         self.manager.close()
 

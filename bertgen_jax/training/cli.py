@@ -1,13 +1,18 @@
 """`bertgen train`: argument definitions and the command itself.
 
     bertgen train --model PATH | --encoder X --decoder Y --train-file F [--eval-file F]
-                  --output-dir D [--mesh data=N,fsdp=M] [--resume] ...
+                  --output-dir D [--mesh data=N,fsdp=M] [--resume [auto]] [--streaming]
+                  [--distributed [--coordinator HOST:PORT --num-processes N --process-id I]] ...
+
+Exit codes: 0 done, 1 bad input / cannot resume / a lost peer process, 130 stopped by SIGINT or SIGTERM
+(after saving a checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .data import DataError
@@ -33,7 +38,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     model.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 master params")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--train-file", required=True, help="JSONL, CSV or TSV with source and target columns")
+    data.add_argument("--train-file", required=True,
+                      help="JSONL, CSV, TSV or Parquet with source and target columns")
+    data.add_argument("--streaming", action="store_true",
+                      help="read and tokenize the training file lazily (memory flat in the file size; each "
+                           "process reads only its own rows of each batch) instead of all of it up front")
     data.add_argument("--eval-file", help="held-out pairs (same format) for eval loss and generated samples")
     data.add_argument("--source-column", default="source")
     data.add_argument("--target-column", default="target")
@@ -59,8 +68,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     run = parser.add_argument_group("run")
     run.add_argument("--mesh", help="device mesh, e.g. data=8 or data=2,fsdp=4 (default: data over all devices)")
     run.add_argument("--distributed", action="store_true",
-                     help="multi-host: call jax.distributed.initialize() first (TPU pods, SLURM, or JAX_* env)")
-    run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+                     help="several processes (hosts): connect them first. Coordinator, process count and id come "
+                          "from the three flags below, else BERTGEN_COORDINATOR_ADDRESS / BERTGEN_NUM_PROCESSES / "
+                          "BERTGEN_PROCESS_ID (or the JAX_* names), else SLURM / Open MPI / Kubernetes / Cloud TPU "
+                          "auto-detection")
+    run.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address")
+    run.add_argument("--num-processes", type=int, help="with --distributed: how many processes take part")
+    run.add_argument("--process-id", type=int, help="with --distributed: this process's id, 0 .. N-1")
+    run.add_argument("--resume", nargs="?", const="must", choices=("must", "auto"), default=None,
+                     help="continue from the newest intact checkpoint in --output-dir (an error if there is "
+                          "none); '--resume auto': resume if there is one, else start from step 0")
     run.add_argument("--log-every", type=int, default=10)
     run.add_argument("--eval-every", type=int, default=0, help="steps between evals (0: start and end only)")
     run.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: end only)")
@@ -110,34 +127,90 @@ def train_config_from_args(args):
         warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio,
         max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing, dropout=not args.no_dropout,
         bf16=args.bf16, seed=args.seed, mesh=args.mesh, log_every=args.log_every, eval_every=args.eval_every,
-        save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
+        save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
+        resume={None: False, "must": True, "auto": "auto"}[args.resume],
         eval_samples=args.eval_samples, max_source_length=args.max_source_length,
+        max_target_length=args.max_target_length,
         pad_to_multiple_of=args.pad_to_multiple_of,
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, progress=not args.no_progress)
 
 
+# Settings that may differ between the processes of one run (everything else must match).
+PER_PROCESS_SETTINGS = ("coordinator", "num_processes", "process_id", "no_progress")
+
+
+def _settings_to_compare(args) -> dict:
+    settings = {k: v for k, v in vars(args).items() if k not in PER_PROCESS_SETTINGS and not callable(v)}
+    for key in ("train_file", "eval_file"):  # the same name must also be the same data
+        path = settings.get(key)
+        settings[key + "_size"] = os.path.getsize(path) if path and os.path.isfile(path) else None
+    return settings
+
+
 def run_train(args) -> int:
-    """Run `bertgen train`; returns the exit code (0 done, 1 bad input, 130 interrupted by Ctrl-C)."""
+    """Run `bertgen train`; returns the exit code (0 done, 1 bad input or a lost peer, 130 stopped by
+    SIGINT / SIGTERM after saving a checkpoint)."""
+    code = _run_train(args)
+    if args.distributed:
+        from . import distributed
+
+        code = distributed.finish(code)
+    return code
+
+
+def _run_train(args) -> int:
+    from .distributed import DistributedError
+
+    launch_flags = (args.coordinator, args.num_processes, args.process_id)
     try:
         if args.distributed:
-            from .sharding import initialize_distributed
+            from . import distributed
 
-            initialize_distributed()
-        from .data import load_pairs
-        from .trainer import Trainer
-
-        model, tokenizer = load_model_and_tokenizer(args)
-        start = model.config.decoder_start_token_id
-        data_kwargs = dict(tokenizer=tokenizer, source_column=args.source_column, target_column=args.target_column,
-                           max_source_length=args.max_source_length, max_target_length=args.max_target_length,
-                           decoder_start_token_id=start, progress=not args.no_progress)
-        train_data = load_pairs(args.train_file, **data_kwargs)
-        eval_data = load_pairs(args.eval_file, **data_kwargs) if args.eval_file else None
-        trainer = Trainer(model, tokenizer, train_data, train_config_from_args(args), eval_data=eval_data)
-        result = trainer.train()
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+            distributed.initialize(*launch_flags)
+            distributed.check_same_settings(_settings_to_compare(args))
+        elif any(value is not None for value in launch_flags):
+            raise DistributedError("--coordinator / --num-processes / --process-id need --distributed")
+        return _train(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, DistributedError) as err:
         print(f"bertgen train: error: {err}", file=sys.stderr)
         return 1
+    except Exception as err:
+        _exit_if_a_peer_was_lost(err)
+        raise
+
+
+def _exit_if_a_peer_was_lost(err: BaseException) -> None:
+    """On several processes, a failed collective usually means another process died: name it and leave
+    at once (JAX's exit-time shutdown barrier would wait for the dead process, then abort)."""
+    from . import distributed
+
+    if not distributed.is_multiprocess():
+        return
+    try:
+        lost = distributed.lost_peers()
+    except Exception:
+        lost = []
+    if lost:
+        distributed.report_lost_peers_and_exit(lost, " ".join(str(err).split()))
+
+
+def _train(args) -> int:
+    from .data import load_pairs
+    from .streaming import PairSource
+    from .trainer import Trainer
+
+    model, tokenizer = load_model_and_tokenizer(args)
+    start = model.config.decoder_start_token_id
+    data_kwargs = dict(tokenizer=tokenizer, source_column=args.source_column, target_column=args.target_column,
+                       max_source_length=args.max_source_length, max_target_length=args.max_target_length,
+                       decoder_start_token_id=start, progress=not args.no_progress)
+    if args.streaming:
+        train_data = PairSource(args.train_file, args.source_column, args.target_column)
+    else:
+        train_data = load_pairs(args.train_file, **data_kwargs)
+    eval_data = load_pairs(args.eval_file, **data_kwargs) if args.eval_file else None
+    trainer = Trainer(model, tokenizer, train_data, train_config_from_args(args), eval_data=eval_data)
+    result = trainer.train()
     if result.interrupted:
         return 130
     summary = f"done: {result.step} steps"

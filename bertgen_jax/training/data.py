@@ -1,7 +1,8 @@
 """Source/target text pairs from JSONL, CSV or TSV files -> tokenized, length-bucketed batches.
 
 - Files: `.jsonl` / `.json` (one JSON object per line), `.csv`, `.tsv` (a header row names the
-  columns). Columns default to `source` and `target`.
+  columns), `.parquet`. Columns default to `source` and `target`. (For data larger than memory see
+  `training.streaming`.)
 - Bad data is a `DataError` (a ValueError) naming the file and line: a missing column, an empty
   file, invalid JSON, a value that is not text, or text that tokenizes to nothing.
 - Batches: each epoch's order is a permutation drawn from (seed, epoch); the permutation is cut
@@ -45,9 +46,11 @@ def _format_of(path: str, file_format: Optional[str]) -> str:
     if file_format:
         return file_format.lower()
     ext = os.path.splitext(path)[1].lower()
-    formats = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
+    formats = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
+               ".parquet": "parquet", ".pq": "parquet"}
     if ext not in formats:
-        raise DataError(f"{path}: cannot tell the format from the extension {ext!r}; use .jsonl, .csv or .tsv")
+        raise DataError(f"{path}: cannot tell the format from the extension {ext!r}; use .jsonl, .csv, .tsv "
+                        "or .parquet")
     return formats[ext]
 
 
@@ -64,6 +67,11 @@ def read_examples(path: str, source_column: str = "source", target_column: str =
         raise DataError(f"{path}: no such file")
     fmt = _format_of(path, file_format)
     columns = (source_column, target_column)
+    if fmt == "parquet":
+        from .streaming import PairSource
+
+        source = PairSource(path, source_column, target_column, "parquet")
+        return [e for block in range(len(source.blocks)) for e in source.read_block(block)]
     examples = []
     with open(path, encoding="utf-8", newline="") as handle:
         if fmt == "jsonl":

@@ -9,9 +9,20 @@ Output directory layout:
     loss_curve.png          train and eval loss against step
     model/                  the fine-tuned model (transformers format, `save_pretrained`) + tokenizer
 
-Ctrl-C finishes the step in flight, saves a checkpoint and returns (`TrainResult.interrupted`);
-a second Ctrl-C aborts at once. `resume=True` continues from the latest checkpoint to the same
-result an uninterrupted run gives (same data order, dropout rngs and optimizer state).
+Ctrl-C (SIGINT) or SIGTERM (preemption) finishes the step in flight, saves a checkpoint and returns
+(`TrainResult.interrupted`); a second one aborts at once. On several processes the request of any
+one of them reaches all of them through a tiny all-gather each step, so all stop after the same step
+and write one checkpoint together.
+
+`resume=True` continues from the latest checkpoint to the same result an uninterrupted run gives
+(same data order, dropout rngs and optimizer state); with no checkpoint it is an error
+(`ResumeError`), `resume="auto"` starts from step 0 then. A checkpoint that cannot be read (a
+truncated array file or metadata) is reported by step and path, moved aside to
+`checkpoints/damaged-<step>`, and the newest intact one is used.
+
+Training data: `TokenizedData` (read and tokenized up front, `data.BatchLoader`) or a
+`streaming.PairSource` (read and tokenized lazily, each process only its own rows:
+`streaming.StreamingLoader`).
 """
 
 from __future__ import annotations
@@ -32,9 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models import release_freed_host_memory
+from . import distributed
 from . import sharding as sh
 from .checkpoint import Checkpointer
 from .data import BatchLoader, BatchPosition, TokenizedData, count_tokens
+from .streaming import PairSource, StreamingLoader
 from .optim import OptimizerConfig, learning_rate_at, make_optimizer
 from .step import TrainState, create_train_state, make_eval_step, make_train_step
 
@@ -65,11 +78,12 @@ class TrainConfig:
     eval_every: int = 0  # 0: at the start and the end only
     save_every: int = 0  # 0: at the end (and on Ctrl-C) only
     keep_checkpoints: int = 3
-    resume: bool = False
+    resume: object = False  # False, True (a checkpoint must exist) or "auto" (resume if there is one)
     eval_batch_size: Optional[int] = None
     pad_to_multiple_of: int = 8  # padded lengths (see data.bucket_length): larger -> fewer compiled shapes
     eval_samples: int = 0  # > 0: generate for this many eval sources and score them (needs model.generate)
     max_source_length: int = 128
+    max_target_length: int = 128  # streamed data is tokenized with these limits
     max_new_tokens: int = 64
     num_beams: int = 1
     progress: bool = True
@@ -87,27 +101,37 @@ class TrainResult:
     history: list
 
 
+class ResumeError(ValueError):
+    """Resuming was asked for and is not possible (no checkpoint, or none that can be read)."""
+
+
 class _StopOnInterrupt:
-    """First SIGINT sets `requested` (the loop saves and stops); a second one raises KeyboardInterrupt.
-    The handler is installed only on the main thread (where Python delivers signals)."""
+    """First SIGINT or SIGTERM sets `requested` (the loop saves and stops); a second one raises
+    KeyboardInterrupt. The handlers are installed only on the main thread (where Python delivers signals)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name: Optional[str] = None
+        self._previous = {}
 
     def _handler(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 class Trainer:
@@ -117,7 +141,7 @@ class Trainer:
     `step_callback(step)` is called on the host after each dispatched step (tests, custom hooks).
     """
 
-    def __init__(self, model, tokenizer, train_data: TokenizedData, config: TrainConfig,
+    def __init__(self, model, tokenizer, train_data, config: TrainConfig,
                  eval_data: Optional[TokenizedData] = None, step_callback: Optional[Callable[[int], None]] = None):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.train_data, self.eval_data = train_data, eval_data
@@ -133,8 +157,24 @@ class Trainer:
         pad_id = model.config.encoder.pad_token_id
         if pad_id is None:
             pad_id = tokenizer.pad_token_id
-        self.loader = BatchLoader(train_data, batch_size=c.batch_size, accum=c.grad_accum, seed=c.seed,
-                                  pad_token_id=pad_id, pad_to_multiple_of=c.pad_to_multiple_of)
+        self.pad_id = pad_id
+        self.batch_sharding = sh.batch_sharding(self.mesh)
+        self.streaming = isinstance(train_data, PairSource)
+        if self.streaming:
+            # This process reads only the batch rows its own devices hold.
+            self.local_rows = _local_batch_rows(self.batch_sharding, c.grad_accum, c.batch_size)
+            self._row_position = {row: i for i, row in enumerate(self.local_rows)}
+            self.loader = StreamingLoader(
+                train_data, tokenizer, batch_size=c.batch_size, accum=c.grad_accum, seed=c.seed, pad_token_id=pad_id,
+                pad_to_multiple_of=c.pad_to_multiple_of, max_source_length=c.max_source_length,
+                max_target_length=c.max_target_length, decoder_start_token_id=model.config.decoder_start_token_id,
+                local_rows=self.local_rows)
+            # Padding never goes past what the model's position tables hold.
+            self._length_caps = (min(c.max_source_length, _max_positions(model.config.encoder)),
+                                 min(c.max_target_length, _max_positions(model.config.decoder)))
+        else:
+            self.loader = BatchLoader(train_data, batch_size=c.batch_size, accum=c.grad_accum, seed=c.seed,
+                                      pad_token_id=pad_id, pad_to_multiple_of=c.pad_to_multiple_of)
         self.eval_loader = None if eval_data is None else BatchLoader(
             eval_data, batch_size=c.eval_batch_size or c.batch_size, seed=c.seed, shuffle=False, pad_token_id=pad_id,
             pad_to_multiple_of=c.pad_to_multiple_of)
@@ -150,7 +190,6 @@ class Trainer:
 
         init = lambda params: create_train_state(params, self.optimizer, c.seed)  # noqa: E731
         self.state_sharding = sh.state_shardings(jax.eval_shape(init, model.params), self.optimizer, self.mesh)
-        self.batch_sharding = sh.batch_sharding(self.mesh)
         # Donated: the train state takes over model.params' buffers instead of holding a second copy
         # (model.params gets the trained values back at the end).
         self._init_state = jax.jit(init, out_shardings=self.state_sharding, donate_argnums=0)
@@ -174,31 +213,86 @@ class Trainer:
                                       shapes, self.state_sharding)
 
     def _start(self, checkpointer: Checkpointer) -> tuple[TrainState, BatchPosition]:
+        resume = self.config.resume
         latest = checkpointer.latest_step()
-        if latest is not None and not self.config.resume:
+        if latest is not None and not resume:
             raise ValueError(f"{checkpointer.directory} already holds checkpoints (latest step {latest}); "
                              "pass resume (--resume) to continue, or use another output directory")
-        if self.config.resume and latest is not None:
-            state, meta = checkpointer.restore(self._abstract_state(), latest)
+        if resume and latest is None:
+            if resume != "auto":
+                raise ResumeError(f"--resume: there is no checkpoint in {checkpointer.directory} to resume from "
+                                  "(pass --resume auto to start from step 0 when there is none)")
+            self._message(f"no checkpoint in {checkpointer.directory}: starting from step 0")
+        if resume and latest is not None:
+            step, state, meta = self._restore_newest_intact(checkpointer)
             if meta.get("total_steps") not in (None, self.total_steps):
                 logger.warning("resuming a run planned for %s steps with %s steps", meta["total_steps"],
                                self.total_steps)
-            self.history = [h for h in _read_jsonl(self.path("metrics.jsonl")) if h.get("step", 0) <= latest]
+            if meta.get("data") not in (None, self._data_identity()):
+                self._message(f"warning: checkpoint step {step} was written for other training data "
+                              f"({meta['data']}); this run has {self._data_identity()}")
+            self.history = [h for h in _read_jsonl(self.path("metrics.jsonl")) if h.get("step", 0) <= step]
             if self.is_main:  # drop what was logged after the checkpoint: those steps run again
                 _write_jsonl(self.path("metrics.jsonl"), self.history)
-            self._message(f"resumed from step {latest} ({checkpointer.directory})")
+            self._message(f"resumed from step {step} ({os.path.join(checkpointer.directory, str(step))})")
             return state, BatchPosition.from_dict(meta["data_position"])
         with warnings.catch_warnings():  # host (numpy) or differently sharded params cannot be donated
             warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
             state = self._init_state(self.model.params)
         return state, BatchPosition()
 
+    def _restore_newest_intact(self, checkpointer: Checkpointer):
+        """Restore the newest checkpoint that reads back whole. One that fails (truncated array data,
+        truncated or invalid metadata, ...) on any process is reported by step and path and moved aside
+        (`damaged-<step>`), so that this run's later saves do not collide with it."""
+        damaged = []
+        for step in sorted(checkpointer.all_steps(), reverse=True):
+            path = os.path.join(checkpointer.directory, str(step))
+            try:
+                state, meta = checkpointer.restore(self._abstract_state(), step)
+                if "data_position" not in meta:
+                    raise ValueError("its metadata has no data position")
+                error = None
+            except Exception as err:  # TensorStore, JSON, orbax errors: all mean "cannot use this one"
+                state, meta, error = None, None, err
+            if distributed.allgather_ints([error is not None]).any():
+                reason = " ".join(str(error).split())[:200] if error is not None else "unreadable on another process"
+                self._message(f"checkpoint step {step} ({path}) is damaged and is skipped: "
+                              f"{type(error).__name__ if error else 'error'}: {reason}")
+                damaged.append(step)
+                continue
+            if damaged:
+                self._set_aside(checkpointer, damaged)
+                self._message(f"falling back to the newest intact checkpoint: step {step} ({path})")
+            return step, state, meta
+        raise ResumeError(f"--resume: no checkpoint in {checkpointer.directory} can be read (damaged: steps "
+                          f"{', '.join(map(str, damaged))})")
+
+    def _set_aside(self, checkpointer: Checkpointer, steps: list[int]) -> None:
+        if self.is_main:
+            for step in steps:
+                source = os.path.join(checkpointer.directory, str(step))
+                target = os.path.join(checkpointer.directory, f"damaged-{step}")
+                suffix = 1
+                while os.path.exists(target):
+                    target, suffix = os.path.join(checkpointer.directory, f"damaged-{step}.{suffix}"), suffix + 1
+                os.replace(source, target)
+                self._message(f"moved the damaged checkpoint step {step} to {target}")
+        _sync("bertgen: damaged checkpoints set aside")
+        checkpointer.reload()
+
+    def _data_identity(self) -> str:
+        data = self.train_data
+        if isinstance(data, PairSource):
+            return f"{os.path.basename(data.path)}: {data.num_records} records, {data.fingerprint()}"
+        return f"{os.path.basename(data.path)}: {len(data)} examples"
+
     def _save(self, checkpointer: Checkpointer, state: TrainState, position: BatchPosition) -> None:
         step = int(state.step)
         if step in checkpointer.all_steps():
             return
         checkpointer.save(step, state, {"data_position": position.to_dict(), "total_steps": self.total_steps,
-                                        "seed": self.config.seed})
+                                        "seed": self.config.seed, "data": self._data_identity()})
 
     # ------------------------------------------------------------------ logging
     def _message(self, text: str) -> None:
@@ -312,13 +406,43 @@ class Trainer:
             c.progress and self.is_main), dynamic_ncols=True)
         pending, window_tokens, window_start = [], 0, time.perf_counter()
         train_loss, interrupted = None, False
+        multiprocess = distributed.is_multiprocess()
+
+        def log_pending():
+            nonlocal pending, window_tokens, window_start, train_loss
+            if not pending:
+                return
+            fetched = jax.device_get(pending)
+            elapsed = time.perf_counter() - window_start
+            train_loss = float(np.mean([m["loss"] for m in fetched]))
+            entry = {"step": step, "train/loss": train_loss,
+                     "train/grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+                     "train/lr": float(learning_rate_at(self.optimizer_config, step - 1)),
+                     "train/tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+            self._record(entry)
+            bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{entry['train/tokens_per_s']:.0f}",
+                            lr=f"{entry['train/lr']:.2e}")
+            pending, window_tokens, window_start = [], 0, time.perf_counter()
+
         with _StopOnInterrupt() as stop:
             self._stop = stop
             try:
                 while step < self.total_steps:
                     next_position, batch = next(batches)
-                    window_tokens += count_tokens(batch)
-                    state, metrics = self.train_step(state, sh.shard_batch(batch, self.batch_sharding))
+                    lengths, tokens = self._local_lengths_and_tokens(batch)
+                    if multiprocess:
+                        # One tiny all-gather per step: every process's stop request, its rows' lengths
+                        # (streamed batches are padded to the longest over all processes) and tokens.
+                        agreed = distributed.allgather_ints([int(stop.requested), *lengths, tokens])
+                        if agreed[:, 0].any():
+                            asked = [i for i, flag in enumerate(agreed[:, 0].tolist()) if flag]
+                            self._message(f"stop requested on process {', '.join(map(str, asked))}: every process "
+                                          f"stops after step {step}")
+                            interrupted = True
+                            break
+                        lengths, tokens = tuple(int(n) for n in agreed[:, 1:3].max(0)), int(agreed[:, 3].sum())
+                    window_tokens += tokens
+                    state, metrics = self.train_step(state, self._device_batch(batch, lengths))
                     self._live_state = state
                     if step == first_step:
                         # Compiling frees a lot of host memory that glibc keeps; give it back once.
@@ -329,33 +453,29 @@ class Trainer:
                     bar.update(1)
                     if self.step_callback is not None:
                         self.step_callback(step)
-                    if step % c.log_every == 0 or step == self.total_steps or stop.requested:
-                        fetched = jax.device_get(pending)
-                        elapsed = time.perf_counter() - window_start
-                        train_loss = float(np.mean([m["loss"] for m in fetched]))
-                        entry = {"step": step, "train/loss": train_loss,
-                                 "train/grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-                                 "train/lr": float(learning_rate_at(self.optimizer_config, step - 1)),
-                                 "train/tokens_per_s": window_tokens / max(elapsed, 1e-9)}
-                        self._record(entry)
-                        bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{entry['train/tokens_per_s']:.0f}",
-                                        lr=f"{entry['train/lr']:.2e}")
-                        pending, window_tokens, window_start = [], 0, time.perf_counter()
+                    stopping = stop.requested and not multiprocess
+                    if step % c.log_every == 0 or step == self.total_steps or stopping:
+                        log_pending()
                     if c.eval_every and step % c.eval_every == 0 and step < self.total_steps:
                         eval_loss, scores = self.evaluate(state.params, step)
                     if c.save_every and step % c.save_every == 0:
                         self._save(checkpointer, state, position)
-                    if stop.requested:
+                    if stopping:
                         interrupted = True
                         break
+                log_pending()
             finally:  # a second Ctrl-C raises KeyboardInterrupt: abort without saving
                 bar.close()
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()
 
         self._save(checkpointer, state, position)
         self.model.params = _to_host(state.params)
         export_dir = None
         if interrupted:
-            self._message(f"interrupted at step {step}: checkpoint saved in {checkpointer.directory}; "
+            by = f" by {self._stop.signal_name}" if self._stop and self._stop.signal_name else ""
+            self._message(f"interrupted{by} at step {step}: checkpoint saved in {checkpointer.directory}; "
                           "run again with --resume to continue")
         else:
             if self.eval_loader is not None:
@@ -364,12 +484,39 @@ class Trainer:
                 export_dir = self.export(self.path("model"))
         if self.is_main:
             self.plot(self.path("loss_curve.png"))
+        _sync("bertgen: run finished")  # nobody leaves while another process still needs the coordinator
         return TrainResult(step, interrupted, train_loss, eval_loss, scores, export_dir, list(self.history))
 
     def request_stop(self) -> None:
         """Stop after the step in flight, save a checkpoint and return, as Ctrl-C does."""
         if self._stop is not None:
             self._stop.requested = True
+
+    # ------------------------------------------------------------------ batches
+    def _local_lengths_and_tokens(self, batch) -> tuple[tuple[int, int], int]:
+        if self.streaming:
+            return batch.lengths, batch.num_tokens
+        return (0, 0), count_tokens(batch)
+
+    def _device_batch(self, batch, lengths: tuple[int, int]) -> dict:
+        """Global arrays on the mesh. In-memory batches are whole on every process; streamed ones hold
+        this process's rows only, padded to the lengths agreed by all processes."""
+        if not self.streaming:
+            return sh.shard_batch(batch, self.batch_sharding)
+        src_len, tgt_len = self.loader.padded_lengths(*lengths, self._length_caps)
+        local = batch.arrays(src_len, tgt_len, self.pad_id)
+        accum, size = self.config.grad_accum, self.config.batch_size
+
+        def rows_of(key):
+            def fetch(index):
+                rows = index[1]
+                start = self._row_position[rows.start or 0]
+                stop = start + ((rows.stop if rows.stop is not None else size) - (rows.start or 0))
+                return local[key][(index[0], slice(start, stop)) + tuple(index[2:])]
+            return fetch
+
+        return {key: jax.make_array_from_callback((accum, size, value.shape[-1]), self.batch_sharding, rows_of(key))
+                for key, value in local.items()}
 
     # ------------------------------------------------------------------ outputs
     def export(self, directory: str) -> str:
@@ -424,6 +571,26 @@ def _write_jsonl(path: str, entries: list[dict]) -> None:
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(entry) + "\n" for entry in entries)
     os.replace(tmp, path)
+
+
+def _local_batch_rows(sharding, accum: int, batch_size: int) -> list[int]:
+    """The rows of the batch dimension that this process's devices hold."""
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((accum, batch_size, 1)).values():
+        rows.update(range(*index[1].indices(batch_size)))
+    return sorted(rows)
+
+
+def _max_positions(config) -> int:
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if value else 1 << 30
+
+
+def _sync(name: str) -> None:
+    if distributed.is_multiprocess():
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _to_host(tree):
