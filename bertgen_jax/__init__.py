@@ -12,6 +12,8 @@ from .models import (
     Seq2SeqLMOutput,
     shift_tokens_right,
 )
+from .bert_family import BertLMHeadModel, BertModel, RobertaForCausalLM, RobertaModel
+from .config import BertConfig, RobertaConfig
 from .pipeline import pipeline
 from .quantization import QuantizationConfig, quantize_model
 from .tokenization import AutoTokenizer, BertGenerationTokenizer
@@ -36,4 +38,10 @@ __all__ = [
     "enable_persistent_compilation_cache",
     "QuantizationConfig",
     "quantize_model",
+    "BertConfig",
+    "RobertaConfig",
+    "BertModel",
+    "BertLMHeadModel",
+    "RobertaModel",
+    "RobertaForCausalLM",
 ]

@@ -732,10 +732,21 @@ class EncoderDecoderModel(_FlaxModel):
                k == "decoder_start_token_id"}
         enc_kwargs.update(is_decoder=False, add_cross_attention=False)
         dec_kwargs.update(is_decoder=True, add_cross_attention=True)
-        encoder = BertGenerationEncoder.from_pretrained(encoder_pretrained_model_name_or_path, dtype=dtype,
-                                                        param_dtype=param_dtype, seed=seed, **enc_kwargs)
-        decoder = BertGenerationDecoder.from_pretrained(decoder_pretrained_model_name_or_path, dtype=dtype,
-                                                        param_dtype=param_dtype, seed=seed + 1, **dec_kwargs)
+        # As transformers' AutoModel / AutoModelForCausalLM: the checkpoints' model_type picks the classes
+        # (bert -> BertModel + BertLMHeadModel, roberta -> RobertaModel + RobertaForCausalLM,
+        # bert-generation -> the BertGeneration pair); `encoder_model=` / `decoder_model=` pass ready models.
+        from .bert_family import auto_classes_for
+
+        encoder = enc_kwargs.pop("model", None)
+        decoder = dec_kwargs.pop("model", None)
+        if encoder is None:
+            encoder_cls = auto_classes_for(encoder_pretrained_model_name_or_path)[0]
+            encoder = encoder_cls.from_pretrained(encoder_pretrained_model_name_or_path, dtype=dtype,
+                                                  param_dtype=param_dtype, seed=seed, **enc_kwargs)
+        if decoder is None:
+            decoder_cls = auto_classes_for(decoder_pretrained_model_name_or_path)[1]
+            decoder = decoder_cls.from_pretrained(decoder_pretrained_model_name_or_path, dtype=dtype,
+                                                  param_dtype=param_dtype, seed=seed + 1, **dec_kwargs)
         model = cls(encoder=encoder, decoder=decoder, seed=seed)
         if top:
             model.config = model.config.copy(**top)

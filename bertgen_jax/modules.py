@@ -328,9 +328,13 @@ class BertGenerationModule(nn.Module):
         return cache
 
     # -------------------------------------------------------------- forward
+    def default_position_ids(self, input_ids, query_positions, past):
+        """Positions when none are given: past + arange (RoBERTa overrides this in bert_family)."""
+        return query_positions[None, :]
+
     def __call__(self, input_ids, attention_mask=None, position_ids=None, encoder_hidden_states=None,
                  encoder_attention_mask=None, head_mask=None, cache=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+                 output_hidden_states: bool = False, output_attentions: bool = False, token_type_ids=None):
         c = self.config
         batch, length = input_ids.shape
         causal = bool(c.is_decoder)
@@ -347,7 +351,7 @@ class BertGenerationModule(nn.Module):
             if attention_mask is None:
                 attention_mask = cache["mask"]
         if position_ids is None:
-            position_ids = query_positions[None, :]
+            position_ids = self.default_position_ids(input_ids, query_positions, past)
 
         mask = jnp.asarray(attention_mask)
         if mask.ndim == 3:  # [B, Tq, K] given explicitly, as transformers accepts
@@ -376,7 +380,10 @@ class BertGenerationModule(nn.Module):
                 cross_bias = mask_to_bias(encoder_attention_mask[:, None, None, :])
 
         head_mask = _expand_head_mask(head_mask, c)
-        hidden = self.embeddings(input_ids, position_ids, deterministic)
+        if token_type_ids is None:
+            hidden = self.embeddings(input_ids, position_ids, deterministic)
+        else:  # BERT/RoBERTa stacks only (bert_family.FamilyEmbeddings)
+            hidden = self.embeddings(input_ids, position_ids, deterministic, token_type_ids=token_type_ids)
         outputs = self.encoder(hidden, self_bias, query_positions, key_positions,
                                self_cache=None if cache is None else cache["self"], cache_index=past,
                                cross_kvs=cross_kvs, cross_bias=cross_bias, head_mask=head_mask,
@@ -467,8 +474,11 @@ class EncoderDecoderModule(nn.Module):
     param_dtype: Any = jnp.float32
 
     def setup(self):
-        self.encoder = BertGenerationModule(self.encoder_config, self.dtype, self.param_dtype)
-        self.decoder = DecoderModule(self.decoder_config, self.dtype, self.param_dtype)
+        # BertGeneration, BERT or RoBERTa parts, as transformers' AutoModel / AutoModelForCausalLM pick them.
+        from .bert_family import decoder_module_for, encoder_module_for
+
+        self.encoder = encoder_module_for(self.encoder_config, self.dtype, self.param_dtype)
+        self.decoder = decoder_module_for(self.decoder_config, self.dtype, self.param_dtype)
         if self.use_enc_to_dec_proj:
             self.enc_to_dec_proj = _dense(self.decoder_config, self.decoder_config.hidden_size, self.dtype,
                                           self.param_dtype)

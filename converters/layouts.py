@@ -115,7 +115,11 @@ def encoder_decoder_layout(state_dict, config, report: ConversionReport):
             f"not an EncoderDecoderModel checkpoint: {len(unknown)} key(s) outside encoder./decoder./enc_to_dec_proj., "
             f"e.g. {unknown[0]!r}; warm-start plain checkpoints with from_encoder_decoder_pretrained"
         )
-    decoder_sd, decoder_init = decoder_layout(strip_prefix(state_dict, "decoder."), config.decoder, report)
+    from .family_layouts import family_decoder_layout, family_encoder_layout, is_family
+
+    # Each side follows its own sub-config's model_type (mixed pairs load as transformers builds them).
+    layout = family_decoder_layout if is_family(config.decoder) else decoder_layout
+    decoder_sd, decoder_init = layout(strip_prefix(state_dict, "decoder."), config.decoder, report)
     out = {"decoder." + k: v for k, v in decoder_sd.items()}
     encoder_sd = strip_prefix(state_dict, "encoder.")
     if config.tie_encoder_decoder:
@@ -124,11 +128,14 @@ def encoder_decoder_layout(state_dict, config, report: ConversionReport):
         for key in encoder_sd:
             report.dropped.append(("encoder." + key, "tied to decoder.bert.* (tie_encoder_decoder)"))
     else:
-        encoder_sd, _ = encoder_layout(encoder_sd, config.encoder, report)
+        layout = family_encoder_layout if is_family(config.encoder) else encoder_layout
+        encoder_sd, encoder_init = layout(encoder_sd, config.encoder, report)
         out.update({"encoder." + k: v for k, v in encoder_sd.items()})
     out.update({k: v for k, v in state_dict.items() if k.startswith("enc_to_dec_proj.")})
 
     def may_initialize(path: tuple) -> bool:
+        if path[0] == "encoder" and is_family(config.encoder) and not config.tie_encoder_decoder:
+            return encoder_init(path[1:])  # only BertModel's pooler, when the checkpoint has none
         return path[0] == "decoder" and decoder_init(path[1:])
 
     return out, may_initialize
