@@ -382,6 +382,21 @@ class BertLMHeadModel(_models.BertGenerationDecoder):
     def _config_for_save(self):
         return self.config.copy(architectures=[type(self).__name__])
 
+    def _generation_cache(self, params, attention_mask, *, max_length):
+        return self.module.apply({"params": self._module_params(params)}, attention_mask.shape[0], max_length, None,
+                                 None, attention_mask, method=type(self.module).init_cache)
+
+    def init_cache(self, batch_size: int, max_length: int, encoder_hidden_states=None, encoder_attention_mask=None,
+                   attention_mask=None, *, params=None):
+        """A fixed-size decoding cache (see BertGenerationDecoder.init_cache)."""
+        if max_length > max_sequence_length(self.config):
+            raise ValueError(f"max_length={max_length} exceeds the {max_sequence_length(self.config)} positions "
+                             f"the position table holds (max_position_embeddings="
+                             f"{self.config.max_position_embeddings})")
+        return self.module.apply({"params": self._module_params(self.params if params is None else params)},
+                                 batch_size, max_length, encoder_hidden_states, encoder_attention_mask, attention_mask,
+                                 method=type(self.module).init_cache)
+
 
 class RobertaForCausalLM(BertLMHeadModel):
     """transformers' RobertaForCausalLM: `roberta` stack + `lm_head` (dense, GELU, layer_norm, tied projection)."""

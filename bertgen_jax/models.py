@@ -748,6 +748,7 @@ class EncoderDecoderModel(_FlaxModel):
             decoder = decoder_cls.from_pretrained(decoder_pretrained_model_name_or_path, dtype=dtype,
                                                   param_dtype=param_dtype, seed=seed + 1, **dec_kwargs)
         model = cls(encoder=encoder, decoder=decoder, seed=seed)
+        model.conversion_report = _warm_start_report(encoder, decoder)
         if top:
             model.config = model.config.copy(**top)
             model.module = model._make_module()
@@ -757,3 +758,16 @@ class EncoderDecoderModel(_FlaxModel):
         if quantization is not None:
             model = quant.quantize_model(model, quantization)
         return model
+
+
+def _warm_start_report(encoder, decoder) -> ConversionReport:
+    """The encoder's and decoder's conversion reports as one, in the EncoderDecoderModel's names."""
+    report = ConversionReport()
+    for prefix, part in (("encoder", encoder), ("decoder", decoder)):
+        part_report = getattr(part, "conversion_report", None)
+        if part_report is None:
+            continue
+        report.dropped += [(f"{prefix}.{key}", reason) for key, reason in part_report.dropped]
+        report.tied += [(f"{prefix}.{a}", f"{prefix}.{b}") for a, b in part_report.tied]
+        report.initialized += [f"{prefix}/{path}" for path in part_report.initialized]
+    return report
