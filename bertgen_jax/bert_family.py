@@ -438,3 +438,10 @@ def auto_classes_for(path_or_repo_id, **hub_kwargs):
         raise ValueError(f"{path_or_repo_id}: config model_type {model_type!r} is not a supported encoder/decoder "
                          f"part (expected one of {', '.join(AUTO_CLASSES)})")
     return AUTO_CLASSES[model_type]
+
+
+def describe_pair(config) -> str:
+    """'BertModel + BertLMHeadModel' etc.: the transformers classes an EncoderDecoderConfig's parts are."""
+    encoder_cls = AUTO_CLASSES[config.encoder.model_type][0]
+    decoder_cls = AUTO_CLASSES[config.decoder.model_type][1]
+    return f"{encoder_cls.__name__} + {decoder_cls.__name__}"

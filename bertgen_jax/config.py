@@ -243,7 +243,7 @@ class EncoderDecoderConfig:
                 "add_cross_attention=True"
             )
         if self.tie_encoder_decoder:
-            shared = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            shared = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                       "intermediate_size", "max_position_embeddings", "position_embedding_type", "hidden_act")
             for field in shared:
                 if getattr(self.encoder, field) != getattr(self.decoder, field):

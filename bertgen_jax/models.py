@@ -584,7 +584,11 @@ class EncoderDecoderModel(_FlaxModel):
 
     def _strip_tied(self, tree):
         if self.config.tie_encoder_decoder:
-            return {k: v for k, v in tree.items() if k != "encoder"}
+            out = {k: v for k, v in tree.items() if k != "encoder"}
+            untied = {k: v for k, v in tree.get("encoder", {}).items() if k not in ("embeddings", "encoder")}
+            if untied:  # BertModel's pooler: the decoder has none to share
+                out["encoder"] = untied
+            return out
         return tree
 
     def _pad_id_for(self, path):
@@ -714,11 +718,17 @@ class EncoderDecoderModel(_FlaxModel):
     def from_encoder_decoder_pretrained(cls, encoder_pretrained_model_name_or_path, decoder_pretrained_model_name_or_path,
                                         *, dtype=jnp.float32, param_dtype=None, quantization=None, seed: int = 0,
                                         **kwargs):
-        """Warm-start from two BERT-style checkpoints as transformers does: the decoder gets
-        is_decoder=True and add_cross_attention=True with new cross-attention weights.
+        """Warm-start from two checkpoints as transformers' method of the same name does: the classes
+        follow each checkpoint's model_type (BERT -> BertModel + BertLMHeadModel, RoBERTa -> RobertaModel +
+        RobertaForCausalLM, bert-generation -> the BertGeneration pair); the decoder gets is_decoder=True
+        and add_cross_attention=True with new cross-attention (and missing LM-head) weights, listed in
+        `model.conversion_report`.
 
-        Keyword arguments prefixed `encoder_` / `decoder_` go to that side's config; others (such as
-        decoder_start_token_id, pad_token_id, tie_encoder_decoder) go to the top-level config.
+        Keyword arguments prefixed `encoder_` / `decoder_` go to that side's config (`encoder_model=` /
+        `decoder_model=` pass ready models, `encoder_model_class=` / `decoder_model_class=` pick classes);
+        others (pad_token_id, tie_encoder_decoder) go to the top-level config. As in transformers' docs,
+        special ids can be set on `model.config` afterwards; `decoder_start_token_id=` is also taken here
+        as the top-level id (transformers passes it to the decoder as `start_token_id` and fails).
         `quantization` ("int8", "int4" or a QuantizationConfig) quantizes the warm-started model.
         """
         from . import quantization as quant
@@ -737,14 +747,17 @@ class EncoderDecoderModel(_FlaxModel):
         # bert-generation -> the BertGeneration pair); `encoder_model=` / `decoder_model=` pass ready models.
         from .bert_family import auto_classes_for
 
+        # `encoder_model_class=` / `decoder_model_class=` (not in transformers) pick the classes explicitly,
+        # e.g. the BertGeneration pair for BERT checkpoints.
         encoder = enc_kwargs.pop("model", None)
         decoder = dec_kwargs.pop("model", None)
+        encoder_cls, decoder_cls = enc_kwargs.pop("model_class", None), dec_kwargs.pop("model_class", None)
         if encoder is None:
-            encoder_cls = auto_classes_for(encoder_pretrained_model_name_or_path)[0]
+            encoder_cls = encoder_cls or auto_classes_for(encoder_pretrained_model_name_or_path)[0]
             encoder = encoder_cls.from_pretrained(encoder_pretrained_model_name_or_path, dtype=dtype,
                                                   param_dtype=param_dtype, seed=seed, **enc_kwargs)
         if decoder is None:
-            decoder_cls = auto_classes_for(decoder_pretrained_model_name_or_path)[1]
+            decoder_cls = decoder_cls or auto_classes_for(decoder_pretrained_model_name_or_path)[1]
             decoder = decoder_cls.from_pretrained(decoder_pretrained_model_name_or_path, dtype=dtype,
                                                   param_dtype=param_dtype, seed=seed + 1, **dec_kwargs)
         model = cls(encoder=encoder, decoder=decoder, seed=seed)
