@@ -46,9 +46,7 @@ def roberta_position_ids(input_ids, padding_idx: int, past_length=0):
 
 def max_sequence_length(config) -> int:
     """The longest input the position table allows (RoBERTa's positions start at pad_token_id + 1)."""
-    if getattr(config, "model_type", None) == "roberta":
-        return config.max_position_embeddings - config.pad_token_id - 1
-    return config.max_position_embeddings
+    return config.max_input_length
 
 
 def _activation(config, param_dtype):

@@ -104,6 +104,11 @@ class BertGenerationConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def max_input_length(self) -> int:
+        """The longest token sequence the position table holds (RoBERTa overrides it)."""
+        return self.max_position_embeddings
+
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         out = {k: copy.deepcopy(v) for k, v in vars(self).items() if k != "source_model_type"}
@@ -198,6 +203,11 @@ class RobertaConfig(BertConfig):
         "bos_token_id": 0,
         "eos_token_id": 2,
     }
+
+    @property
+    def max_input_length(self) -> int:
+        # Positions run from pad_token_id + 1 (create_position_ids_from_input_ids).
+        return self.max_position_embeddings - self.pad_token_id - 1
 
     def validate(self) -> None:
         super().validate()

@@ -174,7 +174,7 @@ def encoder_decoder_generate(model, input_ids, attention_mask=None, *, params=No
 
     options = resolve_options(model, user)
     enc_config, dec_config = model.config.encoder, model.config.decoder
-    ids = np.asarray(check_token_ids(input_ids, "input_ids", enc_config.vocab_size, enc_config.max_position_embeddings))
+    ids = np.asarray(check_token_ids(input_ids, "input_ids", enc_config.vocab_size, enc_config.max_input_length))
     mask = _attention_mask(ids, attention_mask, options)
     start = options["decoder_start_token_id"]
     if start is None:
@@ -183,11 +183,11 @@ def encoder_decoder_generate(model, input_ids, attention_mask=None, *, params=No
         raise ValueError("generate needs decoder_start_token_id (or bos_token_id) in the arguments or the config")
     if not 0 <= int(start) < dec_config.vocab_size:
         raise ValueError(f"decoder_start_token_id={start} is outside [0, {dec_config.vocab_size})")
-    max_length = _max_length(options, user, 1, dec_config.max_position_embeddings, None)
+    max_length = _max_length(options, user, 1, dec_config.max_input_length, None)
 
     batch, length = ids.shape
     rows = _bucket(batch)
-    padded_len = _bucket(length, MIN_LENGTH_BUCKET, enc_config.max_position_embeddings)
+    padded_len = _bucket(length, MIN_LENGTH_BUCKET, enc_config.max_input_length)
     ids_b = np.zeros((rows, padded_len), np.int32)
     mask_b = np.zeros((rows, padded_len), np.int32)
     ids_b[:batch, :length], mask_b[:batch, :length] = ids, mask
@@ -210,7 +210,7 @@ def decoder_generate(model, input_ids, attention_mask=None, *, params=None, prng
     config = model.config
     if config.add_cross_attention:
         raise ValueError("this decoder has cross-attention: generate with the EncoderDecoderModel that feeds it")
-    ids = np.asarray(check_token_ids(input_ids, "input_ids", config.vocab_size, config.max_position_embeddings))
+    ids = np.asarray(check_token_ids(input_ids, "input_ids", config.vocab_size, config.max_input_length))
     mask = _attention_mask(ids, attention_mask, options)
     prompt_len = ids.shape[1]
     max_length = _max_length(options, user, prompt_len, config.max_position_embeddings,

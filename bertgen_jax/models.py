@@ -431,7 +431,7 @@ class BertGenerationEncoder(_FlaxModel):
     def __call__(self, input_ids, attention_mask=None, position_ids=None, *, params=None, head_mask=None,
                  output_hidden_states=False, output_attentions=False, deterministic=True, dropout_rng=None):
         c = self.config
-        input_ids = check_token_ids(input_ids, "input_ids", c.vocab_size, c.max_position_embeddings)
+        input_ids = check_token_ids(input_ids, "input_ids", c.vocab_size, c.max_input_length)
         attention_mask = check_mask(attention_mask, "attention_mask", input_ids.shape, allow_3d=True)
         position_ids = check_positions(position_ids, input_ids.shape, c.max_position_embeddings)
         _dropout_rngs(deterministic, dropout_rng)
@@ -484,7 +484,7 @@ class BertGenerationDecoder(_FlaxModel):
         """Logits [B, T, V] (and `.loss` with labels). With `cache` (from `init_cache`), `input_ids`
         are the next tokens at `cache["index"]` and `.cache` is the updated cache."""
         c = self.config
-        input_ids = check_token_ids(input_ids, "input_ids", c.vocab_size, c.max_position_embeddings)
+        input_ids = check_token_ids(input_ids, "input_ids", c.vocab_size, c.max_input_length)
         if cache is None:
             attention_mask = check_mask(attention_mask, "attention_mask", input_ids.shape, allow_3d=True)
         labels = check_token_ids(labels, "labels", c.vocab_size, allow_ignore_index=True)
@@ -530,7 +530,7 @@ class BertGenerationDecoder(_FlaxModel):
                    attention_mask=None, *, params=None):
         """A fixed-size decoding cache (self-attention K/V for `max_length` positions; cross-attention
         K/V of `encoder_hidden_states` computed once)."""
-        if max_length > self.config.max_position_embeddings:
+        if max_length > self.config.max_input_length:
             raise ValueError(f"max_length={max_length} exceeds max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
         return self.module.apply({"params": self._module_params(self.params if params is None else params)},
@@ -644,11 +644,11 @@ class EncoderDecoderModel(_FlaxModel):
         """Seq2seq forward: `.logits` [B, T, V]; `.loss` with labels (shifted right with
         decoder_start_token_id to make decoder_input_ids when those are not given; -100 ignored)."""
         enc, dec = self.config.encoder, self.config.decoder
-        input_ids = check_token_ids(input_ids, "input_ids", enc.vocab_size, enc.max_position_embeddings)
+        input_ids = check_token_ids(input_ids, "input_ids", enc.vocab_size, enc.max_input_length)
         attention_mask = check_mask(attention_mask, "attention_mask", input_ids.shape)
-        labels = check_token_ids(labels, "labels", dec.vocab_size, dec.max_position_embeddings, allow_ignore_index=True)
+        labels = check_token_ids(labels, "labels", dec.vocab_size, dec.max_input_length, allow_ignore_index=True)
         decoder_input_ids = check_token_ids(decoder_input_ids, "decoder_input_ids", dec.vocab_size,
-                                            dec.max_position_embeddings)
+                                            dec.max_input_length)
         if decoder_input_ids is None and labels is None:
             raise ValueError("pass decoder_input_ids or labels (decoder_input_ids are then labels shifted right)")
         if decoder_input_ids is None:
@@ -666,7 +666,7 @@ class EncoderDecoderModel(_FlaxModel):
     def encode(self, input_ids, attention_mask=None, *, params=None):
         """Encoder output (`last_hidden_state` [B, S, H_enc])."""
         enc = self.config.encoder
-        input_ids = check_token_ids(input_ids, "input_ids", enc.vocab_size, enc.max_position_embeddings)
+        input_ids = check_token_ids(input_ids, "input_ids", enc.vocab_size, enc.max_input_length)
         attention_mask = check_mask(attention_mask, "attention_mask", input_ids.shape)
         fn = self._compiled_fn("_encode")
         return fn(self.params if params is None else params, input_ids, attention_mask)
@@ -695,7 +695,7 @@ class EncoderDecoderModel(_FlaxModel):
 
     def init_cache(self, batch_size, max_length, encoder_hidden_states, encoder_attention_mask=None, *, params=None):
         """Decoder cache with cross-attention K/V of `encoder_hidden_states` computed once."""
-        if max_length > self.config.decoder.max_position_embeddings:
+        if max_length > self.config.decoder.max_input_length:
             raise ValueError(f"max_length={max_length} exceeds the decoder's max_position_embeddings="
                              f"{self.config.decoder.max_position_embeddings}")
         return self._apply(self.params if params is None else params, batch_size, max_length, encoder_hidden_states,
@@ -705,7 +705,7 @@ class EncoderDecoderModel(_FlaxModel):
         """One cached decoder step (or several tokens): returns CausalLMOutput with `.cache`."""
         dec = self.config.decoder
         decoder_input_ids = check_token_ids(decoder_input_ids, "decoder_input_ids", dec.vocab_size,
-                                            dec.max_position_embeddings)
+                                            dec.max_input_length)
         fn = self._compiled_fn("_decode", output_attentions=output_attentions)
         return fn(self.params if params is None else params, decoder_input_ids, cache)
 

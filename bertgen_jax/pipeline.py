@@ -32,7 +32,7 @@ class Text2TextGenerationPipeline:
             raise ValueError("pipeline input must be a string or a non-empty list of strings")
         num_return = int(generate_kwargs.get("num_return_sequences") or 1)
         size = int(batch_size or self.batch_size)
-        limit = self.model.config.encoder.max_position_embeddings
+        limit = self.model.config.encoder.max_input_length  # RoBERTa: max_position_embeddings - pad - 1
         results = []
         for start in range(0, len(texts), size):
             chunk = texts[start:start + size]

@@ -322,3 +322,60 @@ def test_quantized_and_half_precision_family(kind, save_dir):
     logits = np.asarray(half(ids, mask, decoder_input_ids=dec).logits.astype(jnp.float32))
     assert np.abs(logits - ref).max() <= 0.05 * np.abs(ref).max()
     assert len(half.generate(ids, mask, max_new_tokens=4).sequences) == len(ids)
+
+
+def test_roberta_length_limit(save_dir):
+    """RoBERTa positions start at pad_token_id + 1: max_position_embeddings - pad - 1 tokens fit, and a longer
+    input is a clear error (a JAX gather would clamp the position silently)."""
+    tm = torch_pair("roberta", seed=19)
+    model = EncoderDecoderModel.from_pretrained(_saved(tm, save_dir))
+    limit = SIZES["max_position_embeddings"] - tm.config.pad_token_id - 1
+    assert model.config.encoder.max_input_length == limit
+    ids = np.full((1, limit), 7)
+    dec = np.full((1, 3), 7)
+    with torch.no_grad():
+        ref = tm(input_ids=torch.tensor(ids), decoder_input_ids=torch.tensor(dec)).logits
+    assert max_diff(model(ids, decoder_input_ids=dec).logits, ref) <= TOL
+    with pytest.raises(ValueError, match=f"longer than max_position_embeddings={limit}"):
+        model(np.full((1, limit + 1), 7), decoder_input_ids=dec)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model.generate(ids, max_length=limit + 1)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_training_gradients_match_pytorch(kind, save_dir):
+    """The training loss and every gradient (transform / LM-head and token types included) match
+    PyTorch's backward pass; the pooler, outside the loss, gets a zero gradient (None in PyTorch)."""
+    import jax
+    import jax.numpy as jnp
+
+    from bertgen_jax.training import make_grad_fn
+    from converters.mapping import tree_to_state_dict
+
+    tm = torch_pair(kind, seed=20)
+    model = EncoderDecoderModel.from_pretrained(_saved(tm, save_dir))
+    ids, mask = padded_batch(21, tm.config.pad_token_id)
+    labels, label_mask = batch(seed=22, length=7)
+    labels[label_mask == 0] = -100
+    loss_t = tm(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels),
+                use_cache=False).loss
+    loss_t.backward()
+    data = {"input_ids": jnp.asarray(ids[None], jnp.int32), "attention_mask": jnp.asarray(mask[None], jnp.int32),
+            "labels": jnp.asarray(labels[None], jnp.int32)}
+    loss, grads, _ = jax.jit(make_grad_fn(model))(model.params, data, jax.random.PRNGKey(0))
+    assert abs(float(loss) - float(loss_t)) <= 1e-5 * max(1.0, abs(float(loss_t)))
+    ours = tree_to_state_dict(jax.device_get(grads))
+    assert set(ours) == set(dict(tm.named_parameters()))
+    scale = max(float(p.grad.abs().max()) for p in tm.parameters() if p.grad is not None)
+    for key, value in ours.items():
+        theirs = tm.get_parameter(key).grad
+        if theirs is None:
+            assert key.startswith("encoder.pooler.") and not np.any(value), key
+            continue
+        theirs = theirs.numpy()
+        if float(np.abs(theirs).max()) <= 1e-6 * scale:
+            # attention key biases: exactly zero in exact arithmetic (softmax ignores a per-row constant),
+            # float noise on both sides
+            assert key.endswith("self.key.bias") and float(np.abs(value).max()) <= 1e-6 * scale, key
+        else:
+            assert float(np.abs(value - theirs).max()) <= 1e-4 * float(np.abs(theirs).max()), key
