@@ -10,13 +10,15 @@ from .tokenization import AutoTokenizer, BertGenerationTokenizer
 
 __version__ = "0.1.0"
 
-_CONFIG_NAMES = ("BertGenerationConfig", "EncoderDecoderConfig", "load_config")
+_CONFIG_NAMES = ("BertGenerationConfig", "EncoderDecoderConfig", "load_config", "BertConfig", "RobertaConfig")
+_FAMILY_NAMES = ("BertModel", "BertLMHeadModel", "RobertaModel", "RobertaForCausalLM")
 _MODEL_NAMES = ("BertGenerationDecoder", "BertGenerationEncoder", "CausalLMOutput", "EncoderDecoderModel",
                 "EncoderOutput", "Seq2SeqLMOutput", "shift_tokens_right", "quantize_model")
 
 __all__ = [
     *_CONFIG_NAMES,
     *_MODEL_NAMES,
+    *_FAMILY_NAMES,
     "AutoTokenizer",
     "BertGenerationTokenizer",
     "pipeline",
@@ -34,6 +36,8 @@ def __getattr__(name: str):
     if name in _CONFIG_NAMES:
         from . import config as module
     elif name in _MODEL_NAMES:
+        from . import models as module
+    elif name in _FAMILY_NAMES:
         from . import models as module
     elif name == "pipeline":
         # The function, not the submodule of the same name: `from .pipeline import` loads the submodule

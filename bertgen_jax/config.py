@@ -117,6 +117,11 @@ class BertGenerationConfig(_ConfigFile):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def max_input_length(self) -> int:
+        """The longest token sequence the position table holds (RoBERTa overrides it)."""
+        return self.max_position_embeddings
+
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         out = {k: copy.deepcopy(v) for k, v in vars(self).items() if k != "source_model_type"}
@@ -160,6 +165,62 @@ class BertGenerationConfig(_ConfigFile):
         return f"{type(self).__name__} {self.to_json_string()}"
 
 
+class BertConfig(BertGenerationConfig):
+    """transformers' BertConfig (BertModel / BertLMHeadModel): token types, no bos/eos by default."""
+
+    model_type = "bert"
+
+    defaults: dict[str, Any] = {
+        **BertGenerationConfig.defaults,
+        "vocab_size": 30522,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "type_vocab_size": 2,
+        "pad_token_id": 0,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "classifier_dropout": None,
+    }
+
+    def validate(self) -> None:
+        super().validate()
+        value = self.type_vocab_size
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"type_vocab_size must be a positive integer, got {value!r}")
+
+
+class RobertaConfig(BertConfig):
+    """transformers' RobertaConfig (RobertaModel / RobertaForCausalLM): positions start at pad_token_id + 1."""
+
+    model_type = "roberta"
+
+    defaults: dict[str, Any] = {
+        **BertConfig.defaults,
+        "vocab_size": 50265,
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+    }
+
+    @property
+    def max_input_length(self) -> int:
+        # Positions run from pad_token_id + 1 (create_position_ids_from_input_ids).
+        return self.max_position_embeddings - self.pad_token_id - 1
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.pad_token_id, int) or not 0 <= self.pad_token_id < self.max_position_embeddings - 1:
+            raise ValueError(f"RoBERTa positions start at pad_token_id + 1: pad_token_id={self.pad_token_id!r} must be "
+                             f"in [0, max_position_embeddings - 1)")
+
+
+# model_type -> config class (transformers' AutoConfig for the family this project runs).
+CONFIG_CLASSES: dict[str, type] = {"bert-generation": BertGenerationConfig, "bert": BertConfig,
+                                   "roberta": RobertaConfig}
+
+
 class EncoderDecoderConfig(_ConfigFile):
     """transformers' EncoderDecoderConfig: an encoder and a decoder sub-config plus top-level ids."""
 
@@ -192,7 +253,7 @@ class EncoderDecoderConfig(_ConfigFile):
                 "add_cross_attention=True"
             )
         if self.tie_encoder_decoder:
-            shared = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            shared = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                       "intermediate_size", "max_position_embeddings", "position_embedding_type", "hidden_act")
             for field in shared:
                 if getattr(self.encoder, field) != getattr(self.decoder, field):
@@ -251,14 +312,11 @@ class EncoderDecoderConfig(_ConfigFile):
 
 def _sub_config(values: dict[str, Any], side: str) -> BertGenerationConfig:
     model_type = values.get("model_type", "bert-generation")
-    if model_type != "bert-generation":
-        # An EncoderDecoderModel built from BertModel/BertLMHeadModel has token types and an LM head
-        # transform that BertGeneration lacks: loading it here would silently change the outputs.
+    if model_type not in CONFIG_CLASSES:
         raise ValueError(
-            f"the {side} sub-config has model_type {model_type!r}; only 'bert-generation' encoder/decoder "
-            f"pairs are supported (warm-start BERT/RoBERTa weights with from_encoder_decoder_pretrained)"
+            f"the {side} sub-config has model_type {model_type!r}; supported: {', '.join(CONFIG_CLASSES)}"
         )
-    return BertGenerationConfig(**values)
+    return CONFIG_CLASSES[model_type](**values)
 
 
 def read_config_json(path: str) -> dict[str, Any]:
@@ -282,7 +340,7 @@ def load_config(path_or_repo_id, **kwargs: Any) -> BertGenerationConfig | Encode
     values = read_config_json(os.path.join(directory, CONFIG_NAME))
     if values.get("model_type") == "encoder-decoder":
         return EncoderDecoderConfig.from_dict(values, **kwargs)
-    return BertGenerationConfig.from_dict(values, **kwargs)
+    return CONFIG_CLASSES.get(values.get("model_type"), BertGenerationConfig).from_dict(values, **kwargs)
 
 
 def _resolve(path_or_repo_id, revision, cache_dir, local_files_only) -> str:

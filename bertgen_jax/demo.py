@@ -71,8 +71,13 @@ def run_demo(args) -> int:
           f"{os.path.dirname(paths['train'])}")
 
     model, tokenizer = load_model_and_tokenizer(SimpleNamespace(
-        model=None, encoder=base, decoder=base, tokenizer=None, tie_encoder_decoder=False))
-    print(f"warm-started bert2bert from {'the shipped all-MiniLM-L6-v2' if args.model is None else base}: "
+        model=None, encoder=base, decoder=base, tokenizer=None, tie_encoder_decoder=False,
+        bert_generation_pair=args.bert_generation_pair))
+    from .models import describe_pair
+
+    architecture = describe_pair(model.config)
+    print(f"warm-started bert2bert ({architecture}) "
+          f"from {'the shipped all-MiniLM-L6-v2' if args.model is None else base}: "
           f"{sum(x.size for x in jax.tree_util.tree_leaves(model.params)) / 1e6:.1f}M parameters")
 
     test = [{"source": e.source, "target": e.target} for e in read_examples(paths["test"], "source", "target")]
@@ -104,6 +109,7 @@ def run_demo(args) -> int:
     total_seconds = time.perf_counter() - started
     eval_losses = [h["eval/loss"] for h in result.history if "eval/loss" in h]
     report = {
+        "architecture": architecture,
         "test_examples": len(test), "steps": result.step, "batch_size": args.batch_size,
         "before": scores_before, "after": scores_after,
         "eval_loss_before": eval_losses[0] if eval_losses else None, "eval_loss_after": result.eval_loss,

@@ -25,14 +25,16 @@ from converters.mapping import ConversionReport, flatten, load_into_tree, tree_t
 from converters.checkpoint_io import release_freed_host_memory  # noqa: F401  (for training, which sees only models)
 from converters.quantized import qweight_hook, quantized_state_dict
 
-from .config import CONFIG_NAME, BertGenerationConfig, EncoderDecoderConfig, read_config_json
+from .bert_family import (BertLMHeadModule, EncoderDecoderModule, FamilyModule, RobertaForCausalLMModule,
+                          max_sequence_length)
+from .config import CONFIG_NAME, BertConfig, BertGenerationConfig, EncoderDecoderConfig, RobertaConfig, read_config_json
 from .flax_format import FLAX_WEIGHTS_NAME, load_flax_params
 from .generation.options import (decoder_generate, encoder_decoder_generate, read_generation_config,
                                  write_generation_config)
 from .hub import resolve_model_dir
 from .inputs import (IGNORE_INDEX, causal_lm_loss, check_mask, check_positions, check_token_ids,  # noqa: F401
                      cross_entropy, is_traced, shift_tokens_right, token_losses)
-from .modules import BertGenerationModule, DecoderModule, EncoderDecoderModule
+from .modules import BertGenerationModule, DecoderModule
 from .quantization import QuantizationConfig, dequantize_tree, is_quantized_leaf, quantize_params
 
 logger = logging.getLogger(__name__)
@@ -416,7 +418,7 @@ class BertGenerationEncoder(_FlaxModel):
     def __call__(self, input_ids, attention_mask=None, position_ids=None, *, params=None, head_mask=None,
                  output_hidden_states=False, output_attentions=False, deterministic=True, dropout_rng=None):
         c = self.config
-        input_ids = check_token_ids(input_ids, "input_ids", c.vocab_size, c.max_position_embeddings)
+        input_ids = check_token_ids(input_ids, "input_ids", c.vocab_size, c.max_input_length)
         attention_mask = check_mask(attention_mask, "attention_mask", input_ids.shape, allow_3d=True)
         position_ids = check_positions(position_ids, input_ids.shape, c.max_position_embeddings)
         _dropout_rngs(deterministic, dropout_rng)
@@ -469,7 +471,7 @@ class BertGenerationDecoder(_FlaxModel):
         """Logits [B, T, V] (and `.loss` with labels). With `cache` (from `init_cache`), `input_ids`
         are the next tokens at `cache["index"]` and `.cache` is the updated cache."""
         c = self.config
-        input_ids = check_token_ids(input_ids, "input_ids", c.vocab_size, c.max_position_embeddings)
+        input_ids = check_token_ids(input_ids, "input_ids", c.vocab_size, c.max_input_length)
         if cache is None:
             attention_mask = check_mask(attention_mask, "attention_mask", input_ids.shape, allow_3d=True)
         labels = check_token_ids(labels, "labels", c.vocab_size, allow_ignore_index=True)
@@ -520,7 +522,7 @@ class BertGenerationDecoder(_FlaxModel):
                    attention_mask=None, *, params=None):
         """A fixed-size decoding cache (self-attention K/V for `max_length` positions; cross-attention
         K/V of `encoder_hidden_states` computed once)."""
-        if max_length > self.config.max_position_embeddings:
+        if max_length > self.config.max_input_length:
             raise ValueError(f"max_length={max_length} exceeds max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
         return self.module.apply({"params": self._module_params(self.params if params is None else params)},
@@ -574,7 +576,11 @@ class EncoderDecoderModel(_FlaxModel):
 
     def _strip_tied(self, tree):
         if self.config.tie_encoder_decoder:
-            return {k: v for k, v in tree.items() if k != "encoder"}
+            out = {k: v for k, v in tree.items() if k != "encoder"}
+            untied = {k: v for k, v in tree.get("encoder", {}).items() if k not in ("embeddings", "encoder")}
+            if untied:  # BertModel's pooler: the decoder has none to share
+                out["encoder"] = untied
+            return out
         return tree
 
     def _pad_id_for(self, path):
@@ -630,11 +636,11 @@ class EncoderDecoderModel(_FlaxModel):
         """Seq2seq forward: `.logits` [B, T, V]; `.loss` with labels (shifted right with
         decoder_start_token_id to make decoder_input_ids when those are not given; -100 ignored)."""
         enc, dec = self.config.encoder, self.config.decoder
-        input_ids = check_token_ids(input_ids, "input_ids", enc.vocab_size, enc.max_position_embeddings)
+        input_ids = check_token_ids(input_ids, "input_ids", enc.vocab_size, enc.max_input_length)
         attention_mask = check_mask(attention_mask, "attention_mask", input_ids.shape)
-        labels = check_token_ids(labels, "labels", dec.vocab_size, dec.max_position_embeddings, allow_ignore_index=True)
+        labels = check_token_ids(labels, "labels", dec.vocab_size, dec.max_input_length, allow_ignore_index=True)
         decoder_input_ids = check_token_ids(decoder_input_ids, "decoder_input_ids", dec.vocab_size,
-                                            dec.max_position_embeddings)
+                                            dec.max_input_length)
         if decoder_input_ids is None and labels is None:
             raise ValueError("pass decoder_input_ids or labels (decoder_input_ids are then labels shifted right)")
         if decoder_input_ids is None:
@@ -677,7 +683,7 @@ class EncoderDecoderModel(_FlaxModel):
     def encode(self, input_ids, attention_mask=None, *, params=None):
         """Encoder output (`last_hidden_state` [B, S, H_enc]); `generate(encoder_outputs=...)` decodes from it."""
         enc = self.config.encoder
-        input_ids = check_token_ids(input_ids, "input_ids", enc.vocab_size, enc.max_position_embeddings)
+        input_ids = check_token_ids(input_ids, "input_ids", enc.vocab_size, enc.max_input_length)
         attention_mask = check_mask(attention_mask, "attention_mask", input_ids.shape)
         fn = self._compiled_fn("_encode")
         return fn(self.params if params is None else params, input_ids, attention_mask)
@@ -728,7 +734,7 @@ class EncoderDecoderModel(_FlaxModel):
 
     def init_cache(self, batch_size, max_length, encoder_hidden_states, encoder_attention_mask=None, *, params=None):
         """Decoder cache with cross-attention K/V of `encoder_hidden_states` computed once."""
-        if max_length > self.config.decoder.max_position_embeddings:
+        if max_length > self.config.decoder.max_input_length:
             raise ValueError(f"max_length={max_length} exceeds the decoder's max_position_embeddings="
                              f"{self.config.decoder.max_position_embeddings}")
         return self._apply(self.params if params is None else params, batch_size, max_length, encoder_hidden_states,
@@ -738,7 +744,7 @@ class EncoderDecoderModel(_FlaxModel):
         """One cached decoder step (or several tokens): returns CausalLMOutput with `.cache`."""
         dec = self.config.decoder
         decoder_input_ids = check_token_ids(decoder_input_ids, "decoder_input_ids", dec.vocab_size,
-                                            dec.max_position_embeddings)
+                                            dec.max_input_length)
         fn = self._compiled_fn("_decode", output_attentions=output_attentions)
         return fn(self.params if params is None else params, decoder_input_ids, cache)
 
@@ -751,11 +757,17 @@ class EncoderDecoderModel(_FlaxModel):
     def from_encoder_decoder_pretrained(cls, encoder_pretrained_model_name_or_path, decoder_pretrained_model_name_or_path,
                                         *, dtype=jnp.float32, param_dtype=None, quantization=None, seed: int = 0,
                                         **kwargs):
-        """Warm-start from two BERT-style checkpoints as transformers does: the decoder gets
-        is_decoder=True and add_cross_attention=True with new cross-attention weights.
+        """Warm-start from two checkpoints as transformers' method of the same name does: the classes
+        follow each checkpoint's model_type (BERT -> BertModel + BertLMHeadModel, RoBERTa -> RobertaModel +
+        RobertaForCausalLM, bert-generation -> the BertGeneration pair); the decoder gets is_decoder=True
+        and add_cross_attention=True with new cross-attention (and missing LM-head) weights, listed in
+        `model.conversion_report`.
 
-        Keyword arguments prefixed `encoder_` / `decoder_` go to that side's config; others (such as
-        decoder_start_token_id, pad_token_id, tie_encoder_decoder) go to the top-level config.
+        Keyword arguments prefixed `encoder_` / `decoder_` go to that side's config (`encoder_model=` /
+        `decoder_model=` pass ready models, `encoder_model_class=` / `decoder_model_class=` pick classes);
+        others (pad_token_id, tie_encoder_decoder) go to the top-level config. As in transformers' docs,
+        special ids can be set on `model.config` afterwards; `decoder_start_token_id=` is also taken here
+        as the top-level id (transformers passes it to the decoder as `start_token_id` and fails).
         `quantization` ("int8", "int4" or a QuantizationConfig) quantizes the warm-started model.
         """
         if quantization is not None:
@@ -767,11 +779,24 @@ class EncoderDecoderModel(_FlaxModel):
                k == "decoder_start_token_id"}
         enc_kwargs.update(is_decoder=False, add_cross_attention=False)
         dec_kwargs.update(is_decoder=True, add_cross_attention=True)
-        encoder = BertGenerationEncoder.from_pretrained(encoder_pretrained_model_name_or_path, dtype=dtype,
-                                                        param_dtype=param_dtype, seed=seed, **enc_kwargs)
-        decoder = BertGenerationDecoder.from_pretrained(decoder_pretrained_model_name_or_path, dtype=dtype,
-                                                        param_dtype=param_dtype, seed=seed + 1, **dec_kwargs)
+        # As transformers' AutoModel / AutoModelForCausalLM: the checkpoints' model_type picks the classes
+        # (bert -> BertModel + BertLMHeadModel, roberta -> RobertaModel + RobertaForCausalLM,
+        # bert-generation -> the BertGeneration pair); `encoder_model=` / `decoder_model=` pass ready models.
+        # `encoder_model_class=` / `decoder_model_class=` (not in transformers) pick the classes explicitly,
+        # e.g. the BertGeneration pair for BERT checkpoints.
+        encoder = enc_kwargs.pop("model", None)
+        decoder = dec_kwargs.pop("model", None)
+        encoder_cls, decoder_cls = enc_kwargs.pop("model_class", None), dec_kwargs.pop("model_class", None)
+        if encoder is None:
+            encoder_cls = encoder_cls or auto_classes_for(encoder_pretrained_model_name_or_path)[0]
+            encoder = encoder_cls.from_pretrained(encoder_pretrained_model_name_or_path, dtype=dtype,
+                                                  param_dtype=param_dtype, seed=seed, **enc_kwargs)
+        if decoder is None:
+            decoder_cls = decoder_cls or auto_classes_for(decoder_pretrained_model_name_or_path)[1]
+            decoder = decoder_cls.from_pretrained(decoder_pretrained_model_name_or_path, dtype=dtype,
+                                                  param_dtype=param_dtype, seed=seed + 1, **dec_kwargs)
         model = cls(encoder=encoder, decoder=decoder, seed=seed)
+        model.conversion_report = _warm_start_report(encoder, decoder)
         if top:
             model.config = model.config.copy(**top)
             model.module = model._make_module()
@@ -781,3 +806,172 @@ class EncoderDecoderModel(_FlaxModel):
         if quantization is not None:
             model = quantize_model(model, quantization)
         return model
+
+
+def _warm_start_report(encoder, decoder) -> ConversionReport:
+    """The encoder's and decoder's conversion reports as one, in the EncoderDecoderModel's names."""
+    report = ConversionReport()
+    for prefix, part in (("encoder", encoder), ("decoder", decoder)):
+        part_report = getattr(part, "conversion_report", None)
+        if part_report is None:
+            continue
+        report.dropped += [(f"{prefix}.{key}", reason) for key, reason in part_report.dropped]
+        report.tied += [(f"{prefix}.{a}", f"{prefix}.{b}") for a, b in part_report.tied]
+        report.initialized += [f"{prefix}/{path}" for path in part_report.initialized]
+    return report
+
+
+# ----------------------------------------------------------------------------- BERT / RoBERTa family models
+# transformers' BertModel, BertLMHeadModel, RobertaModel, RobertaForCausalLM (their modules: bert_family.py).
+
+
+@flax.struct.dataclass
+class BaseModelOutputWithPooling:
+    last_hidden_state: Any
+    pooler_output: Any = None
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+
+
+def _read_family_config(cls, directory, overrides):
+    values = read_config_json(os.path.join(directory, CONFIG_NAME))
+    return cls.config_class.from_dict(values, **overrides)
+
+
+class BertModel(BertGenerationEncoder):
+    """transformers' BertModel (token types, pooler): `__call__` also takes `token_type_ids` and the
+    output has `.pooler_output`."""
+
+    config_class = BertConfig
+
+    def _make_module(self):
+        return FamilyModule(self.config, self.dtype, self.param_dtype, add_pooling_layer=True)
+
+    @classmethod
+    def _read_config(cls, directory, overrides):
+        return _read_family_config(cls, directory, overrides)
+
+    def _layout(self, state_dict, report):
+        from converters.family_layouts import family_encoder_layout
+
+        return family_encoder_layout(state_dict, self.config, report)
+
+    def _config_for_save(self):
+        return self.config.copy(architectures=[type(self).__name__])
+
+    def _forward(self, params, input_ids, attention_mask, position_ids, head_mask, dropout_rng, token_type_ids=None,
+                 *, deterministic, output_hidden_states, output_attentions):
+        out = self.module.apply({"params": self._module_params(params)}, input_ids, attention_mask, position_ids,
+                                head_mask=head_mask, deterministic=deterministic,
+                                output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                                token_type_ids=token_type_ids, rngs=_dropout_rngs(deterministic, dropout_rng))
+        return BaseModelOutputWithPooling(out["last_hidden_state"], out["pooler_output"], out["hidden_states"],
+                                          out["attentions"])
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, *, token_type_ids=None, params=None,
+                 head_mask=None, output_hidden_states=False, output_attentions=False, deterministic=True,
+                 dropout_rng=None):
+        c = self.config
+        input_ids = check_token_ids(input_ids, "input_ids", c.vocab_size, max_sequence_length(c))
+        attention_mask = check_mask(attention_mask, "attention_mask", input_ids.shape, allow_3d=True)
+        position_ids = check_positions(position_ids, input_ids.shape, c.max_position_embeddings)
+        token_type_ids = _check_token_types(token_type_ids, input_ids.shape, c)
+        _dropout_rngs(deterministic, dropout_rng)
+        fn = self._compiled_fn("_forward", deterministic=deterministic, output_hidden_states=output_hidden_states,
+                               output_attentions=output_attentions)
+        return fn(self.params if params is None else params, input_ids, attention_mask, position_ids, head_mask,
+                  dropout_rng, token_type_ids)
+
+
+class RobertaModel(BertModel):
+    """transformers' RobertaModel: BertModel with positions counted from pad_token_id + 1."""
+
+    config_class = RobertaConfig
+
+    def _pad_id_for(self, path):
+        return self.config.pad_token_id
+
+
+class BertLMHeadModel(BertGenerationDecoder):
+    """transformers' BertLMHeadModel: `bert` stack + `cls.predictions` head (transform, tied projection)."""
+
+    config_class = BertConfig
+
+    def _make_module(self):
+        return BertLMHeadModule(self.config, self.dtype, self.param_dtype)
+
+    @classmethod
+    def _read_config(cls, directory, overrides):
+        return _read_family_config(cls, directory, overrides)
+
+    def _layout(self, state_dict, report):
+        from converters.family_layouts import family_decoder_layout
+
+        return family_decoder_layout(state_dict, self.config, report)
+
+    def _config_for_save(self):
+        return self.config.copy(architectures=[type(self).__name__])
+
+    def _generation_cache(self, params, attention_mask, *, max_length):
+        return self.module.apply({"params": self._module_params(params)}, attention_mask.shape[0], max_length, None,
+                                 None, attention_mask, method=type(self.module).init_cache)
+
+    def init_cache(self, batch_size: int, max_length: int, encoder_hidden_states=None, encoder_attention_mask=None,
+                   attention_mask=None, *, params=None):
+        """A fixed-size decoding cache (see BertGenerationDecoder.init_cache)."""
+        if max_length > max_sequence_length(self.config):
+            raise ValueError(f"max_length={max_length} exceeds the {max_sequence_length(self.config)} positions "
+                             f"the position table holds (max_position_embeddings="
+                             f"{self.config.max_position_embeddings})")
+        return self.module.apply({"params": self._module_params(self.params if params is None else params)},
+                                 batch_size, max_length, encoder_hidden_states, encoder_attention_mask, attention_mask,
+                                 method=type(self.module).init_cache)
+
+
+class RobertaForCausalLM(BertLMHeadModel):
+    """transformers' RobertaForCausalLM: `roberta` stack + `lm_head` (dense, GELU, layer_norm, tied projection)."""
+
+    config_class = RobertaConfig
+
+    def _make_module(self):
+        return RobertaForCausalLMModule(self.config, self.dtype, self.param_dtype)
+
+
+def _check_token_types(token_type_ids, shape, config):
+    if token_type_ids is None:
+        return None
+    import numpy as np
+
+    array = np.asarray(token_type_ids)
+    if array.shape != tuple(shape):
+        raise ValueError(f"token_type_ids has shape {array.shape}, which does not match the ids' shape {tuple(shape)}")
+    if array.size and (array.min() < 0 or array.max() >= config.type_vocab_size):
+        raise ValueError(f"token_type_ids holds a type outside [0, {config.type_vocab_size}) (type_vocab_size)")
+    return jnp.asarray(array, jnp.int32)
+
+
+# model_type -> (AutoModel class, AutoModelForCausalLM class), as transformers' auto mappings pick them.
+AUTO_CLASSES = {
+    "bert-generation": (BertGenerationEncoder, BertGenerationDecoder),
+    "bert": (BertModel, BertLMHeadModel),
+    "roberta": (RobertaModel, RobertaForCausalLM),
+}
+
+
+def auto_classes_for(path_or_repo_id, **hub_kwargs):
+    """(encoder class, decoder class) for a checkpoint, from its config.json's model_type."""
+    from .hub import resolve_model_dir
+
+    directory = resolve_model_dir(path_or_repo_id, **hub_kwargs)
+    model_type = read_config_json(os.path.join(directory, CONFIG_NAME)).get("model_type")
+    if model_type not in AUTO_CLASSES:
+        raise ValueError(f"{path_or_repo_id}: config model_type {model_type!r} is not a supported encoder/decoder "
+                         f"part (expected one of {', '.join(AUTO_CLASSES)})")
+    return AUTO_CLASSES[model_type]
+
+
+def describe_pair(config) -> str:
+    """'BertModel + BertLMHeadModel' etc.: the transformers classes an EncoderDecoderConfig's parts are."""
+    encoder_cls = AUTO_CLASSES[config.encoder.model_type][0]
+    decoder_cls = AUTO_CLASSES[config.decoder.model_type][1]
+    return f"{encoder_cls.__name__} + {decoder_cls.__name__}"

@@ -352,9 +352,13 @@ class BertGenerationModule(nn.Module):
         return cache
 
     # -------------------------------------------------------------- forward
+    def default_position_ids(self, input_ids, query_positions, past):
+        """Positions when none are given: past + arange (RoBERTa overrides this in bert_family)."""
+        return query_positions[None, :]
+
     def __call__(self, input_ids, attention_mask=None, position_ids=None, encoder_hidden_states=None,
                  encoder_attention_mask=None, head_mask=None, cache=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+                 output_hidden_states: bool = False, output_attentions: bool = False, token_type_ids=None):
         c = self.config
         batch, length = input_ids.shape
         causal = bool(c.is_decoder)
@@ -371,7 +375,7 @@ class BertGenerationModule(nn.Module):
             if attention_mask is None:
                 attention_mask = cache["mask"]
         if position_ids is None:
-            position_ids = query_positions[None, :]
+            position_ids = self.default_position_ids(input_ids, query_positions, past)
 
         mask = jnp.asarray(attention_mask)
         if mask.ndim == 3:  # [B, Tq, K] given explicitly, as transformers accepts
@@ -400,7 +404,10 @@ class BertGenerationModule(nn.Module):
                 cross_bias = mask_to_bias(encoder_attention_mask[:, None, None, :])
 
         head_mask = _expand_head_mask(head_mask, c)
-        hidden = self.embeddings(input_ids, position_ids, deterministic)
+        if token_type_ids is None:
+            hidden = self.embeddings(input_ids, position_ids, deterministic)
+        else:  # BERT/RoBERTa stacks only (bert_family.FamilyEmbeddings)
+            hidden = self.embeddings(input_ids, position_ids, deterministic, token_type_ids=token_type_ids)
         outputs = self.encoder(hidden, self_bias, query_positions, key_positions,
                                self_cache=None if cache is None else cache["self"], cache_index=past,
                                cross_kvs=cross_kvs, cross_bias=cross_bias, head_mask=head_mask,
@@ -478,54 +485,3 @@ class DecoderModule(nn.Module):
         embedding = self.bert.embeddings.word_embeddings.embedding if self.config.tie_word_embeddings else None
         outputs["logits"] = self.lm_head(outputs["last_hidden_state"], embedding)
         return outputs
-
-
-class EncoderDecoderModule(nn.Module):
-    """EncoderDecoderModel: `encoder` (BertGeneration stack), `decoder` (with LM head), and
-    `enc_to_dec_proj` when the hidden sizes differ."""
-
-    encoder_config: BertGenerationConfig
-    decoder_config: BertGenerationConfig
-    use_enc_to_dec_proj: bool = False
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    def setup(self):
-        self.encoder = BertGenerationModule(self.encoder_config, self.dtype, self.param_dtype)
-        self.decoder = DecoderModule(self.decoder_config, self.dtype, self.param_dtype)
-        if self.use_enc_to_dec_proj:
-            self.enc_to_dec_proj = _dense(self.decoder_config, self.decoder_config.hidden_size, self.dtype,
-                                          self.param_dtype)
-
-    def encode(self, input_ids, attention_mask=None, position_ids=None, head_mask=None, deterministic=True,
-               output_hidden_states=False, output_attentions=False):
-        return self.encoder(input_ids, attention_mask, position_ids, head_mask=head_mask,
-                            deterministic=deterministic, output_hidden_states=output_hidden_states,
-                            output_attentions=output_attentions)
-
-    def project_encoder_states(self, encoder_hidden_states):
-        if self.use_enc_to_dec_proj:
-            return self.enc_to_dec_proj(encoder_hidden_states)
-        return encoder_hidden_states
-
-    def init_cache(self, batch_size, max_length, encoder_hidden_states, encoder_attention_mask=None):
-        states = self.project_encoder_states(encoder_hidden_states)
-        return self.decoder.init_cache(batch_size, max_length, states, encoder_attention_mask)
-
-    def decode(self, decoder_input_ids, encoder_hidden_states=None, encoder_attention_mask=None,
-               decoder_attention_mask=None, decoder_position_ids=None, decoder_head_mask=None, cache=None,
-               deterministic=True, output_hidden_states=False, output_attentions=False):
-        states = None if encoder_hidden_states is None else self.project_encoder_states(encoder_hidden_states)
-        return self.decoder(decoder_input_ids, decoder_attention_mask, decoder_position_ids, states,
-                            encoder_attention_mask, decoder_head_mask, cache, deterministic,
-                            output_hidden_states, output_attentions)
-
-    def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
-                 position_ids=None, decoder_position_ids=None, head_mask=None, decoder_head_mask=None,
-                 deterministic=True, output_hidden_states=False, output_attentions=False):
-        encoded = self.encode(input_ids, attention_mask, position_ids, head_mask, deterministic,
-                              output_hidden_states, output_attentions)
-        decoded = self.decode(decoder_input_ids, encoded["last_hidden_state"], attention_mask,
-                              decoder_attention_mask, decoder_position_ids, decoder_head_mask, None,
-                              deterministic, output_hidden_states, output_attentions)
-        return encoded, decoded

@@ -28,7 +28,7 @@ def pipeline_generate_kwargs(model, generate_kwargs: dict) -> dict:
         # Where 256 new tokens do not fit the decoder's positions, transformers fails once it gets there;
         # here the default stops at the last position instead.
         decoder = getattr(model.config, "decoder", model.config)
-        kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], int(decoder.max_position_embeddings) - 1)
+        kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], int(decoder.max_input_length) - 1)
     kwargs.update(generate_kwargs)
     return kwargs
 
@@ -59,7 +59,7 @@ class Text2TextGenerationPipeline:
         generate_kwargs = pipeline_generate_kwargs(self.model, generate_kwargs)
         num_return = int(generate_kwargs.get("num_return_sequences") or 1)
         size = int(batch_size or self.batch_size)
-        limit = self.model.config.encoder.max_position_embeddings
+        limit = self.model.config.encoder.max_input_length  # RoBERTa: max_position_embeddings - pad - 1
         results = []
         for start in range(0, len(texts), size):
             chunk = texts[start:start + size]

@@ -121,28 +121,41 @@ def encoder_decoder_layout(state_dict, config, report: ConversionReport):
             f"not an EncoderDecoderModel checkpoint: {len(unknown)} key(s) outside encoder./decoder./enc_to_dec_proj., "
             f"e.g. {unknown[0]!r}; warm-start plain checkpoints with from_encoder_decoder_pretrained"
         )
-    decoder_sd, decoder_init = decoder_layout(strip_prefix(state_dict, "decoder."), config.decoder, report)
+    from .family_layouts import family_decoder_layout, family_encoder_layout, is_family
+
+    # Each side follows its own sub-config's model_type (mixed pairs load as transformers builds them).
+    layout = family_decoder_layout if is_family(config.decoder) else decoder_layout
+    decoder_sd, decoder_init = layout(strip_prefix(state_dict, "decoder."), config.decoder, report)
     out = {"decoder." + k: v for k, v in decoder_sd.items()}
     encoder_sd = strip_prefix(state_dict, "encoder.")
     if config.tie_encoder_decoder:
         # The encoder is the decoder's stack (transformers' _tie_encoder_decoder_weights); a 4.x
         # safetensors save may lack every encoder.* key.
-        for key in encoder_sd:
-            report.dropped.append(("encoder." + key, "tied to decoder.bert.* (tie_encoder_decoder)"))
+        base = "roberta" if getattr(config.decoder, "model_type", None) == "roberta" else "bert"
+        for key, value in encoder_sd.items():
+            if key.startswith("pooler.") and is_family(config.encoder):
+                out["encoder." + key] = value  # BertModel's pooler has no decoder counterpart: not tied
+            else:
+                report.dropped.append(("encoder." + key, f"tied to decoder.{base}.* (tie_encoder_decoder)"))
+        encoder_init = lambda path: path[0] == "pooler" and not any(k.startswith("pooler.") for k in encoder_sd)
     else:
-        encoder_sd, _ = encoder_layout(encoder_sd, config.encoder, report)
+        layout = family_encoder_layout if is_family(config.encoder) else encoder_layout
+        encoder_sd, encoder_init = layout(encoder_sd, config.encoder, report)
         out.update({"encoder." + k: v for k, v in encoder_sd.items()})
     out.update({k: v for k, v in state_dict.items() if k.startswith("enc_to_dec_proj.")})
 
     def may_initialize(path: tuple) -> bool:
+        if path[0] == "encoder" and is_family(config.encoder):
+            return encoder_init(path[1:])  # only BertModel's pooler, when the checkpoint has none
         return path[0] == "decoder" and decoder_init(path[1:])
 
     return out, may_initialize
 
 
 def expand_tied_encoder(params: dict) -> dict:
-    """With tie_encoder_decoder the tree has no `encoder` entry: build it from `decoder/bert`."""
-    bert = params["decoder"]["bert"]
+    """With tie_encoder_decoder the tree's `encoder` entry holds only untied parts (BertModel's pooler,
+    if any): build the rest from the decoder's stack (`decoder/bert` or `decoder/roberta`)."""
+    bert = params["decoder"]["roberta" if "roberta" in params["decoder"] else "bert"]
     layers = {name: {k: v for k, v in layer.items() if k != "crossattention"}
               for name, layer in bert["encoder"].items()}
-    return {**params, "encoder": {"embeddings": bert["embeddings"], "encoder": layers}}
+    return {**params, "encoder": {"embeddings": bert["embeddings"], "encoder": layers, **params.get("encoder", {})}}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bertgen_jax import EncoderDecoderModel
-from bertgen_jax.modules import EncoderDecoderModule
+from bertgen_jax.bert_family import EncoderDecoderModule
 
 from conftest import batch, randomize_, tiny_encoder_decoder
 from test_generate import _boost

@@ -1,8 +1,10 @@
 """bfloat16 / float16 on MiniLM real weights (warm-started bert2bert): runs, stays finite, close to float32.
 
 Softmax, LayerNorm statistics and the loss run in float32 whatever the dtype (modules.py); the additive
-mask is float32's min. Measured on the 4 sentences below (decoder fed the sentence, logits up to ~8.6):
-bfloat16 max |diff| 0.048, mean 0.005; float16 max 0.008, mean 0.0007; top-1 agreement 100% for both.
+mask is float32's min. The warm start is BertModel + BertLMHeadModel (as transformers builds it; its LM-head
+transform is new and random). Measured on the 4 sentences below (decoder fed the sentence, logits up to
+~6.0): bfloat16 max |diff| 0.080 (1.3% of max |logit|), mean 0.009, top-1 agreement 94.7% (the fresh
+transform leaves top-1/top-2 margins as small as 0.003); float16 max 0.012, mean 0.0014, top-1 100%.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from conftest import REAL_SENTENCES
 
 WARM_START = dict(decoder_start_token_id=101, pad_token_id=0, encoder_bos_token_id=101, encoder_eos_token_id=102,
                   decoder_bos_token_id=101, decoder_eos_token_id=102)
-# (max |diff| relative to max |logit|, mean |diff|, greedy outputs identical to float32, of 4)
-TOLERANCE = {"bfloat16": (0.02, 0.02, 2), "float16": (0.005, 0.005, 3)}
+# (max |diff| relative to max |logit|, mean |diff|, greedy outputs identical to float32 (of 4), top-1 agreement)
+TOLERANCE = {"bfloat16": (0.02, 0.02, 2, 0.9), "float16": (0.005, 0.005, 3, 0.98)}
 
 
 def run(model, ids, mask):
@@ -59,10 +61,10 @@ def test_half_precision_forward_and_generate(minilm_dir, inputs, reference, name
     ref_logits, ref_loss, ref_sequences = reference
     valid = mask.astype(bool)
     diff = np.abs(np.asarray(out.logits.astype(jnp.float32)) - ref_logits)[valid]
-    rel_max, mean, same = TOLERANCE[name]
+    rel_max, mean, same, top1_min = TOLERANCE[name]
     assert diff.max() <= rel_max * np.abs(ref_logits).max() and diff.mean() <= mean, (diff.max(), diff.mean())
     top1 = (np.asarray(out.logits).argmax(-1) == ref_logits.argmax(-1))[valid].mean()
-    assert top1 >= 0.98
+    assert top1 >= top1_min
     assert abs(float(out.loss) - ref_loss) < 0.05
     assert sequences.shape == ref_sequences.shape
     assert (sequences == ref_sequences).all(axis=1).sum() >= same

@@ -85,7 +85,8 @@ def _reach(module: str) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("module", ["bertgen_jax.modules", "bertgen_jax.quantization", "bertgen_jax.activations",
+@pytest.mark.parametrize("module", ["bertgen_jax.modules", "bertgen_jax.bert_family", "bertgen_jax.quantization",
+                                    "bertgen_jax.activations",
                                     "bertgen_jax.inputs"])
 def test_modules_import_no_converter(module):
     assert not {m for m in GRAPH[module] if m.startswith("converters")}, GRAPH[module]

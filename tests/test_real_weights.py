@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from bertgen_jax import AutoTokenizer, BertGenerationEncoder, EncoderDecoderModel
+from bertgen_jax import AutoTokenizer, BertGenerationDecoder, BertGenerationEncoder, EncoderDecoderModel
 
 from conftest import REAL_SENTENCES, max_diff
 
@@ -54,10 +54,15 @@ def test_minilm_warm_started_bert2bert(minilm_dir, tokenized, tmp_path):
     assert max_diff(out.logits, ref.logits) <= TOL
     assert abs(float(out.loss) - float(ref.loss)) <= TOL
 
-    # Our own warm start builds the same model (up to the new random cross-attention weights).
-    warm = EncoderDecoderModel.from_encoder_decoder_pretrained(
-        minilm_dir, minilm_dir, decoder_start_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id,
-        encoder_bos_token_id=101, encoder_eos_token_id=102, decoder_bos_token_id=101, decoder_eos_token_id=102)
+    # The same explicit BertGeneration pair built here is the same model (up to the new random
+    # cross-attention weights). (from_encoder_decoder_pretrained builds BertModel + BertLMHeadModel from
+    # BERT checkpoints, as transformers does: tests/test_bert_family.py.)
+    warm = EncoderDecoderModel(
+        encoder=BertGenerationEncoder.from_pretrained(minilm_dir, bos_token_id=101, eos_token_id=102),
+        decoder=BertGenerationDecoder.from_pretrained(minilm_dir, add_cross_attention=True, is_decoder=True,
+                                                      bos_token_id=101, eos_token_id=102))
+    warm.config.decoder_start_token_id = tok.cls_token_id
+    warm.config.pad_token_id = tok.pad_token_id
     assert warm.config.decoder.is_decoder and warm.config.decoder.add_cross_attention
     assert warm.config.decoder.eos_token_id == 102 and warm.config.decoder_start_token_id == tok.cls_token_id
     ours_flat = ours.state_dict()

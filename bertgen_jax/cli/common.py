@@ -44,6 +44,11 @@ def model_class_for(path_or_repo_id: str, kind: str = "auto", **hub_kwargs):
     if values.get("model_type") == "encoder-decoder":
         return models.EncoderDecoderModel
     architectures = " ".join(values.get("architectures") or [])
-    if values.get("is_decoder") or "Decoder" in architectures or "LMHead" in architectures:
+    is_decoder = values.get("is_decoder") or any(w in architectures for w in ("Decoder", "LMHead", "CausalLM"))
+    if values.get("model_type") in ("bert", "roberta"):  # BertModel / BertLMHeadModel, RobertaModel / ...ForCausalLM
+        from ..models import AUTO_CLASSES
+
+        return AUTO_CLASSES[values["model_type"]][1 if is_decoder else 0]
+    if is_decoder:
         return models.BertGenerationDecoder
     return models.BertGenerationEncoder

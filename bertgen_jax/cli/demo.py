@@ -26,6 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--bert-generation-pair", action="store_true",
+                        help="warm-start the BertGeneration pair instead of BertModel + BertLMHeadModel (the "
+                             "transformers way, the default: it learns faster, see the README)")
 
 
 def run(args) -> int:

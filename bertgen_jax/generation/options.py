@@ -221,7 +221,7 @@ def decoder_start_and_max_length(config, options: dict, user: dict) -> tuple[int
         raise ValueError("generate needs decoder_start_token_id (or bos_token_id) in the arguments or the config")
     if not 0 <= int(start) < dec_config.vocab_size:
         raise ValueError(f"decoder_start_token_id={start} is outside [0, {dec_config.vocab_size})")
-    return int(start), _max_length(options, user, 1, dec_config.max_position_embeddings, None)
+    return int(start), _max_length(options, user, 1, dec_config.max_input_length, None)
 
 
 def loop_kwargs(options: dict, max_length: int, prng_key) -> dict:
@@ -258,13 +258,13 @@ def encoder_decoder_generate(tokens_to_logits, build_cache, params, config, inpu
         raise ValueError("generate needs input_ids or encoder_outputs")
     else:
         ids = np.asarray(check_token_ids(input_ids, "input_ids", enc_config.vocab_size,
-                                         enc_config.max_position_embeddings))
+                                         enc_config.max_input_length))
         mask = _attention_mask(ids, attention_mask, options)
         batch, length = ids.shape
     start, max_length = decoder_start_and_max_length(config, options, user)
 
     rows = _bucket(batch)
-    padded_len = _bucket(length, MIN_LENGTH_BUCKET, enc_config.max_position_embeddings)
+    padded_len = _bucket(length, MIN_LENGTH_BUCKET, enc_config.max_input_length)
     mask_b = np.zeros((rows, padded_len), np.int32)
     mask_b[:batch, :length] = mask
     mask_b = _pad_batch(mask_b[:batch], rows)
@@ -292,7 +292,7 @@ def decoder_generate(tokens_to_logits, build_cache, params, config, input_ids, a
     options = resolve_options(config, generation_config, user)
     if config.add_cross_attention:
         raise ValueError("this decoder has cross-attention: generate with the EncoderDecoderModel that feeds it")
-    ids = np.asarray(check_token_ids(input_ids, "input_ids", config.vocab_size, config.max_position_embeddings))
+    ids = np.asarray(check_token_ids(input_ids, "input_ids", config.vocab_size, config.max_input_length))
     mask = _attention_mask(ids, attention_mask, options)
     prompt_len = ids.shape[1]
     max_length = _max_length(options, user, prompt_len, config.max_position_embeddings,

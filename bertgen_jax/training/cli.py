@@ -34,6 +34,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     model.add_argument("--decoder", help="warm start: BERT-style checkpoint for the decoder (with --encoder)")
     model.add_argument("--tokenizer", help="tokenizer directory or id (default: --model, else --encoder)")
     model.add_argument("--tie-encoder-decoder", action="store_true", help="warm start with shared encoder/decoder")
+    model.add_argument("--bert-generation-pair", action="store_true",
+                       help="warm start the BertGeneration encoder/decoder pair (no token types, plain tied LM head) "
+                            "instead of the classes transformers picks from the checkpoints' model_type "
+                            "(BERT -> BertModel + BertLMHeadModel, RoBERTa -> RobertaModel + RobertaForCausalLM)")
     model.add_argument("--no-dropout", action="store_true", help="train without dropout")
     model.add_argument("--bf16", action="store_true", help="bfloat16 compute, float32 master params")
 
@@ -110,11 +114,16 @@ def load_model_and_tokenizer(args):
     if args.model:
         return EncoderDecoderModel.from_pretrained(args.model), tokenizer
     ids = _special_ids(tokenizer)
+    pair = {}
+    if getattr(args, "bert_generation_pair", False):
+        from .. import BertGenerationDecoder, BertGenerationEncoder
+
+        pair = dict(encoder_model_class=BertGenerationEncoder, decoder_model_class=BertGenerationDecoder)
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(
         args.encoder, args.decoder, decoder_start_token_id=ids["start"], pad_token_id=ids["pad"],
         encoder_bos_token_id=ids["start"], encoder_eos_token_id=ids["end"], encoder_pad_token_id=ids["pad"],
         decoder_bos_token_id=ids["start"], decoder_eos_token_id=ids["end"], decoder_pad_token_id=ids["pad"],
-        tie_encoder_decoder=args.tie_encoder_decoder)
+        tie_encoder_decoder=args.tie_encoder_decoder, **pair)
     return model, tokenizer
 
 

@@ -60,6 +60,35 @@ def _text(value, path, line, column) -> str:
     return value
 
 
+def open_parquet(path: str, columns: Sequence[str]):
+    """A pyarrow ParquetFile holding `columns` (DataError otherwise)."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow.ArrowInvalid and friends
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+    names = parquet.schema_arrow.names
+    for column in columns:
+        if column not in names:
+            raise DataError(f"{path}: missing column {column!r} (has {names})")
+    return parquet
+
+
+def parquet_examples(parquet, path: str, columns: Sequence[str], row_group: int, first_row: int) -> list[Example]:
+    """One row group's records as Examples (`line` is the 1-based row)."""
+    table = parquet.read_row_group(row_group, columns=list(columns))
+    examples = []
+    sources, targets = (table.column(c).to_pylist() for c in columns)
+    for i, (source, target) in enumerate(zip(sources, targets)):
+        row = first_row + i + 1
+        for column, value in zip(columns, (source, target)):
+            if not isinstance(value, str):
+                raise DataError(f"{path}, row {row}: column {column!r} must be text, got {type(value).__name__}")
+        examples.append(Example(source, target, row))
+    return examples
+
+
 def read_examples(path: str, source_column: str = "source", target_column: str = "target",
                   file_format: Optional[str] = None) -> list[Example]:
     """Read (source, target) pairs; errors name the file and line."""
@@ -68,10 +97,10 @@ def read_examples(path: str, source_column: str = "source", target_column: str =
     fmt = _format_of(path, file_format)
     columns = (source_column, target_column)
     if fmt == "parquet":
-        from .streaming import PairSource
-
-        source = PairSource(path, source_column, target_column, "parquet")
-        return [e for block in range(len(source.blocks)) for e in source.read_block(block)]
+        parquet = open_parquet(path, columns)
+        return [e for group in range(parquet.num_row_groups)
+                for e in parquet_examples(parquet, path, columns, group, sum(
+                    parquet.metadata.row_group(g).num_rows for g in range(group)))]
     examples = []
     with open(path, encoding="utf-8", newline="") as handle:
         if fmt == "jsonl":

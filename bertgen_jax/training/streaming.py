@@ -44,7 +44,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .data import IGNORE_INDEX, BatchPosition, DataError, Example, _format_of, bucket_length
+from .data import (IGNORE_INDEX, BatchPosition, DataError, Example, _format_of, bucket_length, open_parquet,
+                   parquet_examples)
 
 BLOCK_RECORDS = 64
 
@@ -125,16 +126,7 @@ class PairSource:
         return "," if self.format == "csv" else "\t"
 
     def _index_parquet(self) -> list[Block]:
-        import pyarrow.parquet as pq
-
-        try:
-            meta = pq.ParquetFile(self.path)
-        except Exception as err:  # pyarrow.ArrowInvalid and friends
-            raise DataError(f"{self.path}: not a readable Parquet file ({err})") from None
-        names = meta.schema_arrow.names
-        for column in self.columns:
-            if column not in names:
-                raise DataError(f"{self.path}: missing column {column!r} (has {names})")
+        meta = open_parquet(self.path, self.columns)
         blocks, start = [], 0
         for group in range(meta.num_row_groups):
             rows = meta.metadata.row_group(group).num_rows
@@ -212,22 +204,10 @@ class PairSource:
             start = first_line + reader.line_num
 
     def _read_parquet(self, block: Block) -> list[Example]:
-        import pyarrow.parquet as pq
-
         handle = getattr(self._local, "parquet", None)
         if handle is None:
-            handle = self._local.parquet = pq.ParquetFile(self.path)
-        table = handle.read_row_group(block.offset, columns=list(self.columns))
-        examples = []
-        sources, targets = (table.column(c).to_pylist() for c in self.columns)
-        for i, (source, target) in enumerate(zip(sources, targets)):
-            row = block.start + i + 1
-            for column, value in zip(self.columns, (source, target)):
-                if not isinstance(value, str):
-                    raise DataError(f"{self.path}, row {row}: column {column!r} must be text, got "
-                                    f"{type(value).__name__}")
-            examples.append(Example(source, target, row))
-        return examples
+            handle = self._local.parquet = open_parquet(self.path, self.columns)
+        return parquet_examples(handle, self.path, self.columns, block.offset, block.start)
 
     def fingerprint(self) -> str:
         """Identifies the data (size, record count, first and last block): a resumed run checks it."""
