@@ -275,6 +275,39 @@ def finish(exit_code: int) -> int:
     return exit_code
 
 
+def barrier(name: str) -> None:
+    """Wait until every process reaches `name` (the coordination service, not a device collective, so
+    a slow peer is waited for up to the start-up timeout rather than Gloo's fixed 30 s)."""
+    if not is_multiprocess():
+        return
+    from jax._src import distributed as jax_distributed
+
+    timeout = _env_int("BERTGEN_INIT_TIMEOUT", DEFAULT_INIT_TIMEOUT)
+    jax_distributed.global_state.client.wait_at_barrier(name, timeout * 1000)
+
+
+class CompiledTogether:
+    """A jitted function whose programs every process compiles ahead of the first call and then
+    meets the others at a barrier: the first collective of a program sets up its Gloo context, which
+    gives up after 30 s, and a peer still compiling (a loaded machine, a new shape bucket) can take
+    longer than that. One process: the jitted function itself."""
+
+    def __init__(self, jitted, name: str):
+        self.jitted, self.name, self.programs = jitted, name, {}
+
+    def __call__(self, *args):
+        if not is_multiprocess():
+            return self.jitted(*args)
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        signature = (treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
+        program = self.programs.get(signature)
+        if program is None:
+            program = self.jitted.lower(*args).compile()
+            barrier(f"bertgen_{self.name}_compiled_{len(self.programs)}")
+            self.programs[signature] = program
+        return program(*args)
+
+
 def is_multiprocess() -> bool:
     return jax.process_count() > 1
 

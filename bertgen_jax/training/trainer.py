@@ -193,11 +193,13 @@ class Trainer:
         # Donated: the train state takes over model.params' buffers instead of holding a second copy
         # (model.params gets the trained values back at the end).
         self._init_state = jax.jit(init, out_shardings=self.state_sharding, donate_argnums=0)
-        self.train_step = make_train_step(model, self.optimizer, label_smoothing=c.label_smoothing,
-                                          deterministic=not c.dropout, compute_dtype=compute_dtype,
-                                          state_sharding=self.state_sharding, batch_sharding=self.batch_sharding)
-        self.eval_step = make_eval_step(model, compute_dtype=compute_dtype,
-                                        params_sharding=self.state_sharding.params, batch_sharding=self.batch_sharding)
+        self.train_step = distributed.CompiledTogether(make_train_step(
+            model, self.optimizer, label_smoothing=c.label_smoothing, deterministic=not c.dropout,
+            compute_dtype=compute_dtype, state_sharding=self.state_sharding, batch_sharding=self.batch_sharding),
+            "train_step")
+        self.eval_step = distributed.CompiledTogether(make_eval_step(
+            model, compute_dtype=compute_dtype, params_sharding=self.state_sharding.params,
+            batch_sharding=self.batch_sharding), "eval_step")
         self.history: list[dict] = []
         self._writer = None
         self._stop: Optional[_StopOnInterrupt] = None
