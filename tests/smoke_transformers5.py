@@ -37,6 +37,23 @@ def tiny_bert2bert() -> transformers.EncoderDecoderModel:
     return model.eval()
 
 
+def tiny_family_pair(model_type: str) -> transformers.EncoderDecoderModel:
+    """BertModel + BertLMHeadModel or RobertaModel + RobertaForCausalLM, as transformers' docs build them."""
+    config_class = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig}[model_type]
+    values = dict(TINY, pad_token_id=1 if model_type == "roberta" else 0, type_vocab_size=2)
+    enc = config_class(**values)
+    dec = config_class(**values, is_decoder=True, add_cross_attention=True)
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec, decoder_start_token_id=2,
+                                                                            pad_token_id=values["pad_token_id"])
+    model = transformers.EncoderDecoderModel(config=config)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen) * 0.2
+            param.copy_(noise + 1.0 if name.endswith(("LayerNorm.weight", "layer_norm.weight")) else noise)
+    return model.eval()
+
+
 def torch_logits(model, ids, mask, decoder_ids) -> np.ndarray:
     with torch.no_grad():
         return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
@@ -96,6 +113,23 @@ def main() -> None:
         again = torch_logits(back.eval(), ids, mask, decoder_ids)
         diff = float(np.max(np.abs(again - expected)))
         check(diff <= TOL, f"reloaded in transformers, same logits (max diff {diff:.2e})")
+
+        # transformers' own bert2bert / roberta2roberta layouts, both ways.
+        for model_type in ("bert", "roberta"):
+            reference = tiny_family_pair(model_type)
+            family_dir, family_ours = os.path.join(root, model_type), os.path.join(root, model_type + "-ours")
+            reference.save_pretrained(family_dir)
+            family_expected = torch_logits(reference, ids, mask, decoder_ids)
+            family = EncoderDecoderModel.from_pretrained(family_dir)
+            diff = float(np.max(np.abs(np.asarray(family(ids, mask, decoder_input_ids=decoder_ids).logits)
+                                       - family_expected)))
+            check(diff <= TOL, f"{model_type}2{model_type} logits equal transformers' (max diff {diff:.2e})")
+            family.save_pretrained(family_ours)
+            back, info = transformers.EncoderDecoderModel.from_pretrained(family_ours, output_loading_info=True)
+            check(not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")),
+                  f"{model_type}2{model_type} reloads in transformers with no missing/unexpected keys {info}")
+            diff = float(np.max(np.abs(torch_logits(back.eval(), ids, mask, decoder_ids) - family_expected)))
+            check(diff <= TOL, f"{model_type}2{model_type} reloaded in transformers, same logits (max diff {diff:.2e})")
 
         # A repo id through huggingface_hub's cache layout, offline.
         cache = os.path.join(root, "hub")
