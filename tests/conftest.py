@@ -99,6 +99,20 @@ def minilm_dir():
     return path
 
 
+def wordpiece_bert2bert(directory: str, minilm_dir: str, seed: int):
+    """A tiny bert2bert over MiniLM's real WordPiece vocab (ids for [CLS]/[SEP]/[PAD] as BERT's), saved with
+    its tokenizer files to `directory`. Returns (path, transformers model, transformers tokenizer)."""
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    tm = tiny_encoder_decoder(seed=seed, vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id,
+                              bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+    randomize_(tm, seed=seed + 1, scale=0.4)
+    tm.config.decoder_start_token_id = tok.cls_token_id
+    tm.config.pad_token_id = tok.pad_token_id
+    tm.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory, tm, tok
+
+
 REAL_SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Plants create energy through photosynthesis, turning sunlight into sugar.",

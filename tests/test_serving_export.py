@@ -16,7 +16,7 @@ import pytest
 from bertgen_jax import EncoderDecoderModel, pipeline
 from bertgen_jax.serving import ExportError, OptionError, load_exported
 
-from conftest import batch, randomize_, tiny_encoder_decoder
+from conftest import batch, wordpiece_bert2bert
 
 TEXTS = ["The cat sat on the mat.", "JAX compiles the loop once.", "Short one.", "A fourth, longer input sentence.",
          "Five."]
@@ -28,17 +28,7 @@ ENV = dict(os.environ,
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, minilm_dir):
     """A tiny bert2bert over MiniLM's real WordPiece vocab, with its tokenizer files beside it."""
-    import transformers
-
-    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
-    tm = tiny_encoder_decoder(seed=120, vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id,
-                              bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
-    randomize_(tm, seed=121, scale=0.4)
-    tm.config.decoder_start_token_id = tok.cls_token_id
-    path = str(tmp_path_factory.mktemp("b2b"))
-    tm.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return wordpiece_bert2bert(str(tmp_path_factory.mktemp("b2b")), minilm_dir, seed=120)[0]
 
 
 @pytest.fixture(scope="module")

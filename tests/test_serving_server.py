@@ -20,7 +20,7 @@ import pytest
 from bertgen_jax import pipeline
 from bertgen_jax.serving.batcher import Batcher, QueueFull
 
-from conftest import randomize_, tiny_encoder_decoder
+from conftest import wordpiece_bert2bert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # subprocesses import this checkout
 ENV = dict(os.environ,
@@ -35,17 +35,7 @@ BEAM = {"max_new_tokens": 8, "num_beams": 2, "num_return_sequences": 2}
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, minilm_dir):
     """A tiny bert2bert over MiniLM's real WordPiece vocab, with its tokenizer files beside it."""
-    import transformers
-
-    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
-    tm = tiny_encoder_decoder(seed=130, vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id,
-                              bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
-    randomize_(tm, seed=131, scale=0.4)
-    tm.config.decoder_start_token_id = tok.cls_token_id
-    path = str(tmp_path_factory.mktemp("b2b"))
-    tm.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return wordpiece_bert2bert(str(tmp_path_factory.mktemp("b2b")), minilm_dir, seed=130)[0]
 
 
 @pytest.fixture(scope="module")
