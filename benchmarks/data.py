@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from _report import emit_table
+from bertgen_jax.bench.report import emit_table
 
 WORDS = ("the a an one two some every this that my your our their old new small big quick slow red green blue "
          "bright dark quiet loud happy tired young clever brave kind cat dog bird fish horse teacher doctor "

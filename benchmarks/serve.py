@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 
-from _report import emit_table
-from generate import build_torch_model
+from bertgen_jax.bench.report import emit_table
+from bertgen_jax.bench.generate import build_torch_model
 
 NUM_REQUESTS = 256
 NEW_TOKENS = 32

@@ -118,7 +118,7 @@ def export_model(model_path: str, out_dir: str, *, batch_sizes: Sequence[int] = 
     from .. import __version__
     from ..hub import resolve_model_dir
     from ..models import EncoderDecoderModel
-    from ..tokenization import TOKENIZER_PATTERNS
+    from ..tokenization.base import TOKENIZER_PATTERNS
     from .program import flat_params, generate_program
 
     unknown = [p for p in platforms if p not in PLATFORMS]
