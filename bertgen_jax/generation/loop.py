@@ -449,9 +449,23 @@ def plan_decoding(
     eos_token_id: Union[int, Sequence[int], None] = (),
     pad_token_id: int = 0,
 ):
-    """Check the options (as `generate` documents them) and split them into what the compiled loop
-    takes: `(knobs, options)`, the traced values and the static `_Options` of `decode`. `generate`
-    runs it; an exporter calls it once and then traces `decode` itself."""
+    """Check the decoding options and split them into what the compiled loop takes: `(knobs, options)`,
+    the traced values and the static `_Options` of `decode`. `generate` runs it; an exporter calls it
+    once and then traces `decode` itself.
+
+    Args:
+      prompt_len: P, the prompt's length.
+      max_length: total length including the prompt (transformers' `max_length`).
+      min_length: EOS is banned while the sequence (prompt included) is shorter than this.
+      min_new_tokens: EOS is banned until this many tokens follow the prompt.
+      do_sample, temperature, top_k, top_p: sampling and its warpers (`top_k=0`: off).
+      num_beams, length_penalty, early_stopping: beam search (`early_stopping`: True, False or
+        "never", as in transformers).
+      no_repeat_ngram_size, repetition_penalty: logits processors.
+      num_return_sequences: sequences returned per batch item (<= num_beams for beam search).
+      eos_token_id: int or sequence of ints (may be empty: no EOS stopping).
+      pad_token_id: written after EOS.
+    """
 
     if not _is_int(max_length) or max_length <= prompt_len:
         raise ValueError(
@@ -548,22 +562,8 @@ def generate(
     cache: dict,
     prompt_ids,
     *,
-    max_length: int,
-    min_length: int = 0,
-    min_new_tokens: int = 0,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    early_stopping: Union[bool, str] = False,
-    no_repeat_ngram_size: int = 0,
-    repetition_penalty: float = 1.0,
-    num_return_sequences: int = 1,
-    eos_token_id: Union[int, Sequence[int], None] = (),
-    pad_token_id: int = 0,
     prng_key: Optional[jax.Array] = None,
+    **decoding,
 ) -> GenerateOutput:
     """Decode with greedy search, sampling or beam search, as transformers 4.56.2 `generate`.
 
@@ -576,17 +576,8 @@ def generate(
       cache: dict pytree with batch dim B and `cache["index"] == 0`; expanded here to
         B * num_beams (beam search) or B * num_return_sequences (sampling) rows.
       prompt_ids: int `[B, P]`, P >= 1 (`[[decoder_start_token_id]] * B` for encoder-decoders).
-      max_length: total length including the prompt (transformers' `max_length`).
-      min_length: EOS is banned while the sequence (prompt included) is shorter than this.
-      min_new_tokens: EOS is banned until this many tokens follow the prompt.
-      do_sample, temperature, top_k, top_p: sampling and its warpers (`top_k=0`: off).
-      num_beams, length_penalty, early_stopping: beam search (`early_stopping`: True, False or
-        "never", as in transformers).
-      no_repeat_ngram_size, repetition_penalty: logits processors.
-      num_return_sequences: sequences returned per batch item (<= num_beams for beam search).
-      eos_token_id: int or sequence of ints (may be empty: no EOS stopping).
-      pad_token_id: written after EOS.
       prng_key: PRNG key for sampling (default `jax.random.PRNGKey(0)`).
+      **decoding: the options of `plan_decoding` (`max_length` is required).
 
     Returns:
       GenerateOutput with `sequences` int32 `[B * num_return_sequences, L]` and, for beam search,
@@ -599,12 +590,7 @@ def generate(
     if not jnp.issubdtype(prompt_ids.dtype, jnp.integer):
         raise ValueError(f"`prompt_ids` must hold integer token ids, got dtype {prompt_ids.dtype}")
     batch, prompt_len = prompt_ids.shape
-    knobs, options = plan_decoding(
-        prompt_len, max_length=max_length, min_length=min_length, min_new_tokens=min_new_tokens,
-        do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
-        length_penalty=length_penalty, early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
-        repetition_penalty=repetition_penalty, num_return_sequences=num_return_sequences,
-        eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    knobs, options = plan_decoding(prompt_len, **decoding)
     beam = options.method == "beam"
     rng = prng_key if prng_key is not None else jax.random.PRNGKey(0)
 
@@ -618,7 +604,7 @@ def generate(
         return GenerateOutput(sequences=jnp.asarray(np.asarray(sequences)[:, :length]))
 
     finished_sequences, finished_scores, finished_lengths = jax.device_get(outputs)
-    nrs = num_return_sequences
+    nrs = int(decoding.get("num_return_sequences", 1))
     # Cut to the longest returned hypothesis (transformers counts its generated tokens).
     length = int(np.max(finished_lengths[:, :nrs]))
     sequences = finished_sequences[:, :nrs, :length].reshape(batch * nrs, length)
