@@ -27,7 +27,8 @@ import jax.numpy as jnp
 
 from .activations import ACTIVATIONS, PReLU, XIELU
 from .config import BertConfig, BertGenerationConfig, RobertaConfig
-from .modules import BertGenerationModule, DecoderModule, LayerStack, QuantDense, _dense, _layer_norm, _normal
+from .modules import (BertGenerationModule, DecoderModule, LayerStack, _dense, _layer_norm, _normal,
+                      output_projection, untied_decoder)
 
 FAMILY_MODEL_TYPES = ("bert", "roberta")
 
@@ -129,18 +130,6 @@ class FamilyModule(BertGenerationModule):
 
 
 # ----------------------------------------------------------------------------- LM heads
-def _output_projection(module, hidden, word_embeddings):
-    if module.config.tie_word_embeddings:
-        return jnp.einsum("bth,vh->btv", hidden, word_embeddings.astype(module.dtype))
-    return module.decoder(hidden)
-
-
-def _untied_decoder(module):
-    c = module.config
-    return QuantDense(c.vocab_size, use_bias=False, dtype=module.dtype, param_dtype=module.param_dtype,
-                      kernel_init=_normal(c))
-
-
 class BertPredictionHeadTransform(nn.Module):
     """`cls.predictions.transform`: dense, hidden_act, LayerNorm."""
 
@@ -168,10 +157,10 @@ class BertLMPredictionHead(nn.Module):
         self.transform = BertPredictionHeadTransform(self.config, self.dtype, self.param_dtype)
         self.bias = self.param("bias", nn.initializers.zeros, (self.config.vocab_size,), self.param_dtype)
         if not self.config.tie_word_embeddings:
-            self.decoder = _untied_decoder(self)
+            self.decoder = untied_decoder(self)
 
     def __call__(self, hidden, word_embeddings=None):
-        logits = _output_projection(self, self.transform(hidden), word_embeddings)
+        logits = output_projection(self, self.transform(hidden), word_embeddings)
         return logits + self.bias.astype(logits.dtype)
 
 
@@ -201,11 +190,11 @@ class RobertaLMHead(nn.Module):
         self.layer_norm = _layer_norm(self.config, self.dtype, self.param_dtype)
         self.bias = self.param("bias", nn.initializers.zeros, (self.config.vocab_size,), self.param_dtype)
         if not self.config.tie_word_embeddings:
-            self.decoder = _untied_decoder(self)
+            self.decoder = untied_decoder(self)
 
     def __call__(self, hidden, word_embeddings=None):
         hidden = self.layer_norm(jax.nn.gelu(self.dense(hidden), approximate=False))
-        logits = _output_projection(self, hidden, word_embeddings)
+        logits = output_projection(self, hidden, word_embeddings)
         return logits + self.bias.astype(logits.dtype)
 
 

@@ -439,6 +439,21 @@ def _expand_head_mask(head_mask, config):
     return head_mask
 
 
+def output_projection(head, hidden, word_embeddings):
+    """An LM head's hidden -> vocabulary projection: the word embeddings transposed when tied, else
+    its own `decoder` kernel (every head of the family shares this)."""
+    if head.config.tie_word_embeddings:
+        return jnp.einsum("bth,vh->btv", hidden, word_embeddings.astype(head.dtype))
+    return head.decoder(hidden)
+
+
+def untied_decoder(head):
+    """The `decoder` projection an LM head owns when the word embeddings are not tied."""
+    c = head.config
+    return QuantDense(c.vocab_size, use_bias=False, dtype=head.dtype, param_dtype=head.param_dtype,
+                      kernel_init=_normal(c))
+
+
 class LMHead(nn.Module):
     """`lm_head`: logits = h @ E^T + bias, E the word embeddings when tied (no transform)."""
 
@@ -450,14 +465,10 @@ class LMHead(nn.Module):
         c = self.config
         self.bias = self.param("bias", nn.initializers.zeros, (c.vocab_size,), self.param_dtype)
         if not c.tie_word_embeddings:
-            self.decoder = QuantDense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                                    kernel_init=_normal(c))
+            self.decoder = untied_decoder(self)
 
     def __call__(self, hidden, word_embeddings=None):
-        if self.config.tie_word_embeddings:
-            logits = jnp.einsum("bth,vh->btv", hidden, word_embeddings.astype(self.dtype))
-        else:
-            logits = self.decoder(hidden)
+        logits = output_projection(self, hidden, word_embeddings)
         return logits + self.bias.astype(logits.dtype)
 
 
