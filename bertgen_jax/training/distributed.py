@@ -248,10 +248,15 @@ def lost_peers() -> list[int]:
 
 
 def finish(exit_code: int) -> int:
-    """Leave a multi-process run in order, whatever the outcome: meet the others at a barrier, then the
-    other processes disconnect first and process 0, which hosts the coordination service, shuts it down
-    last (the other way round they abort at exit, unable to reach it). If the others do not all reach the
-    barrier within the heartbeat timeout (one failed alone, or died), exit at once with `exit_code`."""
+    """Leave a multi-process run in order, whatever the outcome, and never hang doing it: meet the
+    others at a barrier, then the other processes disconnect first and process 0, which hosts the
+    coordination service, shuts it down last (the other way round they abort at exit, unable to reach
+    it). Then the process ends at once with `exit_code` (`os._exit`: the interpreter's own exit would
+    run JAX's exit-time shutdown a second time). Each part has a deadline: a peer that failed alone or
+    died, or a shutdown stuck in the runtime, costs at most a few heartbeat timeouts, never a hang; if
+    even the watchdog thread cannot run, faulthandler prints every thread's stack and exits 1."""
+    import faulthandler
+
     from jax._src import distributed as jax_distributed
 
     client = jax_distributed.global_state.client
@@ -263,16 +268,29 @@ def finish(exit_code: int) -> int:
         timeout = _env_int("BERTGEN_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT)
     except DistributedError:
         pass
-    try:
-        client.wait_at_barrier("bertgen_exit", timeout * 1000)
-        if jax.process_index() == 0:  # returns once every other process has disconnected (or died)
-            client.get_live_nodes(list(range(jax.process_count())))
-        jax.distributed.shutdown()
-    except Exception:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(exit_code)
-    return exit_code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The last resort needs no Python thread to run (a C watchdog): stacks to stderr, then exit 1.
+    faulthandler.dump_traceback_later(3 * timeout + 10, exit=True)
+
+    def leave():
+        try:
+            client.wait_at_barrier("bertgen_exit", timeout * 1000)
+            if jax.process_index() == 0:  # returns once every other process has disconnected (or died)
+                client.get_live_nodes(list(range(jax.process_count())))
+            jax.distributed.shutdown()
+        except Exception:
+            pass
+
+    leaving = threading.Thread(target=leave, name="bertgen-finish", daemon=True)
+    leaving.start()
+    leaving.join(2 * timeout + 5)
+    if leaving.is_alive():
+        print(f"bertgen train: warning: leaving the multi-process run took over {2 * timeout + 5} s; "
+              "exiting without waiting for the other processes", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 def barrier(name: str) -> None:
