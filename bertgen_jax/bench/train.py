@@ -1,52 +1,47 @@
 """Training speed: bertgen_jax's train step vs PyTorch transformers (forward + backward + AdamW), one run.
 
 For each model size the same bert2bert (MiniLM's real weights warm-started, or random bert-base) is
-saved once, then trained in two fresh subprocesses so that their peak memory does not mix:
+built and saved by the transformers side, then trained in two fresh subprocesses so that their peak memory
+does not mix (the transformers one with `--torch-python`, default this interpreter):
 
-- transformers 4.56.2 EncoderDecoderModel in train mode; a step is zero_grad, forward with labels,
+- transformers' EncoderDecoderModel in train mode (bfloat16: autocast, float32 master weights); a step is zero_grad, forward with labels,
   loss.backward(), clip_grad_norm_(1.0), torch.optim.AdamW(lr 5e-5, weight_decay 0).step();
 - this project's jitted step as `bertgen train` builds it (`training.step.make_train_step` with the
   Trainer's optimizer and state/batch shardings, on a one-device mesh): clip 1.0 + AdamW(lr 5e-5,
-  weight_decay 0), state donated; each step blocks on the loss.
+  weight_decay 0), state donated; each step blocks on the loss (bfloat16: `--bf16`'s compute dtype,
+  float32 master params).
 
 Same batch in both: 8 examples, 128 source / 32 target tokens of random ids, full attention masks,
-labels = targets. Dropout on in both (train mode, as `bertgen train` runs by default). Float32.
+labels = targets. Dropout on in both (train mode, as `bertgen train` runs by default).
 Both warm up 2 steps, then the median of --steps timed steps; compile s = first JAX step - median.
-Peak memory is each worker's peak RSS (getrusage), model loading included.
+Peak memory is each worker's peak RSS (VmHWM), model loading included.
 
     bertgen bench train --                          # minilm and base
     bertgen bench train -- --sizes minilm --steps 3
     bertgen bench train -- --sizes minilm base --steps 5 --markdown bench_out/train.md
+    python benchmarks/train.py --torch-python ENV/bin/python     # transformers from another environment
+
+GPU run (one command, ~2 minutes on one GPU):
+
+    python benchmarks/train.py --device gpu --dtype bfloat16 --sizes minilm base --steps 10
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
 
+from .common import (LEARNING_RATE, SIZES, SOURCE_TOKENS, STEP_BATCH as BATCH, STEP_WARMUP as WARMUP, TARGET_TOKENS,
+                     add_run_arguments, exits_cleanly, jax_env, peak_rss_mib, run_json, torch_command,
+                     train_step_batch, use_jax_device)
+from .generate import machine_line
 from .report import emit_table
-from .generate import SIZES, build_torch_model, machine_line
-
-BATCH, SOURCE_TOKENS, TARGET_TOKENS = 8, 128, 32
-LEARNING_RATE = 5e-5
-WARMUP = 2
-
-
-def make_batch(vocab: int):
-    rng = np.random.RandomState(0)
-    ids = rng.randint(1000, vocab, size=(BATCH, SOURCE_TOKENS))
-    labels = rng.randint(1000, vocab, size=(BATCH, TARGET_TOKENS))
-    return ids, np.ones_like(ids), labels
 
 
 def _timed(step, steps: int):
@@ -59,31 +54,9 @@ def _timed(step, steps: int):
     return times[0], statistics.median(times[WARMUP:]), loss
 
 
-def torch_worker(model_dir: str, steps: int) -> dict:
-    import torch
-    import transformers
-
-    warnings.simplefilter("ignore")  # transformers' deprecation notes on the labels-only forward
-    torch.set_num_threads(os.cpu_count())
-    torch.manual_seed(0)
-    model = transformers.EncoderDecoderModel.from_pretrained(model_dir).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
-    ids, mask, labels = (torch.tensor(a) for a in make_batch(model.config.encoder.vocab_size))
-
-    def step():
-        optimizer.zero_grad()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return loss.item()
-
-    first, median, loss = _timed(step, steps)
-    return dict(first_s=first, step_s=median, loss=loss, threads=torch.get_num_threads())
-
-
-def jax_worker(model_dir: str, steps: int) -> dict:
+def jax_worker(model_dir: str, steps: int, device: str, dtype: str) -> dict:
     import jax
+    import jax.numpy as jnp
 
     from bertgen_jax import EncoderDecoderModel
     from bertgen_jax.training import sharding as sh
@@ -91,6 +64,7 @@ def jax_worker(model_dir: str, steps: int) -> dict:
     from bertgen_jax.training.step import create_train_state, make_train_step
     from converters.checkpoint_io import release_freed_host_memory
 
+    use_jax_device(device)
     model = EncoderDecoderModel.from_pretrained(model_dir)
     # What Trainer.__init__ builds, on a one-device mesh.
     mesh = sh.make_mesh(1, 1, jax.devices()[:1])
@@ -103,8 +77,9 @@ def jax_worker(model_dir: str, steps: int) -> dict:
     state = jax.jit(init, out_shardings=state_sharding, donate_argnums=0)(model.params)
     release_freed_host_memory()
     train_step = make_train_step(model, optimizer, deterministic=False, state_sharding=state_sharding,
-                                 batch_sharding=batch_sharding)
-    ids, mask, labels = make_batch(model.config.encoder.vocab_size)
+                                 batch_sharding=batch_sharding,
+                                 compute_dtype=jnp.bfloat16 if dtype == "bfloat16" else None)
+    ids, mask, labels = train_step_batch(model.config.encoder.vocab_size)
     host_batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     host_batch = {k: v[None].astype(np.int32) for k, v in host_batch.items()}  # [accum=1, B, T]
 
@@ -123,19 +98,30 @@ def jax_worker(model_dir: str, steps: int) -> dict:
     return dict(first_s=first, step_s=median, loss=loss, torch_imported="torch" in sys.modules)
 
 
-def run_worker(framework: str, model_dir: str, steps: int) -> dict:
-    env = dict(os.environ)
+def run_jax_worker(model_dir: str, steps: int, device: str = "cpu", dtype: str = "float32") -> dict:
+    """This project's step in a fresh process (also used by benchmarks/data.py)."""
+    env = jax_env(device)
     env.pop("BERTGEN_COMPILATION_CACHE", None)  # measure a real compile
-    out = subprocess.run([sys.executable, "-m", __spec__.name, "--worker", framework, "--model-dir", model_dir,
-                          "--steps", str(steps)], stdout=subprocess.PIPE, env=env, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json("the bertgen_jax train step", [sys.executable, "-m", __spec__.name, "--worker", "--model-dir",
+                                                   model_dir, "--steps", str(steps), "--device", device,
+                                                   "--dtype", dtype], env=env)
 
 
-def run_size(size: str, steps: int) -> dict:
+def build_and_save(size: str, workdir: str, torch_python: str) -> None:
+    """The transformers side builds the bert2bert and saves it (float32); nothing timed."""
+    from bertgen_jax.parity import shipped_minilm_dir
+
+    run_json("building the model", torch_command(torch_python, "build", "--size", size, "--minilm-dir",
+                                                 shipped_minilm_dir(), "--save-to", workdir))
+
+
+def run_size(size: str, args) -> tuple[dict, dict]:
     with tempfile.TemporaryDirectory() as workdir:
-        build_torch_model(size).save_pretrained(workdir)
-        theirs = run_worker("torch", workdir, steps)
-        ours = run_worker("jax", workdir, steps)
+        build_and_save(size, workdir, args.torch_python)
+        theirs = run_json("the transformers train step", torch_command(
+            args.torch_python, "train-step", "--model-dir", workdir, "--steps", args.steps, "--device", args.device,
+            "--dtype", args.dtype))
+        ours = run_jax_worker(workdir, args.steps, args.device, args.dtype)
     tokens = BATCH * (SOURCE_TOKENS + TARGET_TOKENS)
     row = dict(size=size, torch_s=theirs["step_s"], ours_s=ours["step_s"], ratio=theirs["step_s"] / ours["step_s"],
                torch_tok=tokens / theirs["step_s"], ours_tok=tokens / ours["step_s"], torch_mib=theirs["peak_rss_mib"],
@@ -145,13 +131,13 @@ def run_size(size: str, steps: int) -> dict:
           f"{row['ours_mib']:.0f} MiB) | x{row['ratio']:.2f} | compile {row['compile_s']:.1f} s", flush=True)
     if ours["torch_imported"]:
         print("  note: the bertgen_jax worker imported torch (its RSS includes torch's)", flush=True)
-    return row
+    return row, theirs
 
 
-def markdown(rows) -> str:
+def markdown(rows, torch_info: dict, dtype: str) -> str:
     lines = [
-        f"{machine_line()}. Batch {BATCH}, {SOURCE_TOKENS} source + {TARGET_TOKENS} target tokens "
-        f"({BATCH * (SOURCE_TOKENS + TARGET_TOKENS)} tokens/step), float32, dropout on in both, "
+        f"{machine_line(torch_info)}. Batch {BATCH}, {SOURCE_TOKENS} source + {TARGET_TOKENS} target tokens "
+        f"({BATCH * (SOURCE_TOKENS + TARGET_TOKENS)} tokens/step), {dtype}, dropout on in both, "
         "AdamW + grad-norm clipping 1.0; median of the timed steps after 2 warm-up steps; "
         "peak RSS of each framework's own process.",
         "",
@@ -166,24 +152,27 @@ def markdown(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+@exits_cleanly
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["minilm", "base"], choices=["minilm", *SIZES])
     parser.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps")
     parser.add_argument("--markdown", default=None, help="write the table here")
-    parser.add_argument("--worker", choices=["torch", "jax"], help=argparse.SUPPRESS)
+    add_run_arguments(parser)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        result = (torch_worker if args.worker == "torch" else jax_worker)(args.model_dir, args.steps)
-        result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        result = jax_worker(args.model_dir, args.steps, args.device, args.dtype)
+        result["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(result), flush=True)
         return 0
-    import torch
-
-    torch.set_num_threads(os.cpu_count())  # as the torch worker does (shown in the machine line)
-    rows = [run_size(size, args.steps) for size in args.sizes]
-    emit_table(markdown(rows), args.markdown)
+    use_jax_device(args.device)  # fails early, with one line, where --device gpu finds no GPU
+    rows, torch_info = [], None
+    for size in args.sizes:
+        row, torch_info = run_size(size, args)
+        rows.append(row)
+    emit_table(markdown(rows, torch_info, args.dtype), args.markdown)
     return 0
 
 
