@@ -15,6 +15,11 @@ in the same run; the pipeline must deliver more examples/s than it consumes.
     python benchmarks/data.py                               # 100k and 1M pairs, JSONL and Parquet
     python benchmarks/data.py --sizes 100000 --no-step      # quick
     python benchmarks/data.py --markdown bench_out/data.md
+
+No transformers side here (the pipelines feed this project's trainer). --device / --dtype apply to the
+timed train step (the pipelines run on the host either way). GPU run (one command, ~3 minutes):
+
+    python benchmarks/data.py --sizes 100000 --device gpu --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +34,7 @@ import time
 
 import numpy as np
 
+from bertgen_jax.bench.common import add_run_arguments, exits_cleanly, peak_rss_mib, use_jax_device
 from bertgen_jax.bench.report import emit_table
 
 WORDS = ("the a an one two some every this that my your our their old new small big quick slow red green blue "
@@ -110,37 +115,28 @@ def memory_worker(path: str, examples: int) -> dict:
     return dict(startup_s=startup, examples=taken, examples_per_s=len(data) / (startup + batch_s), records=len(data))
 
 
-def peak_rss_mib() -> float:
-    """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries that over exec from the parent
-    at fork time (here the parent that just generated a million pairs), VmHWM starts afresh."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_worker(kind: str, path: str, examples: int) -> dict:
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, "--path", path,
                           "--examples", str(examples)], stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def train_step_examples_per_s(steps: int) -> tuple[float, float]:
+def train_step_examples_per_s(steps: int, device: str, dtype: str) -> tuple[float, float]:
     """(s/step, examples/s) of the MiniLM bert2bert train step, benchmarks/train.py's JAX worker."""
-    from generate import build_torch_model
-    from train import BATCH as STEP_BATCH, run_worker as run_train_worker
+    from bertgen_jax.bench.common import STEP_BATCH
+    from bertgen_jax.bench.train import build_and_save, run_jax_worker
 
     with tempfile.TemporaryDirectory() as workdir:
-        build_torch_model("minilm").save_pretrained(workdir)
-        result = run_train_worker("jax", workdir, steps)
+        build_and_save("minilm", workdir, sys.executable)
+        result = run_jax_worker(workdir, steps, device, dtype)
     return result["step_s"], STEP_BATCH / result["step_s"]
 
 
-def markdown(rows, step) -> str:
+def markdown(rows, step, device: str, dtype: str) -> str:
     lines = []
     if step is not None:
-        lines += [f"MiniLM bert2bert train step (batch 8, 128 + 32 tokens, this machine): {step[0]:.2f} s/step = "
+        lines += [f"MiniLM bert2bert train step (batch 8, 128 + 32 tokens, this machine, {device}, {dtype}): "
+                  f"{step[0]:.2f} s/step = "
                   f"{step[1]:.1f} examples/s consumed.", ""]
     lines += ["| file | pairs | MiB | pipeline | start-up s | examples/s | x train step | peak RSS MiB |",
               "|---|---:|---:|---|---:|---:|---:|---:|"]
@@ -151,6 +147,7 @@ def markdown(rows, step) -> str:
     return "\n".join(lines) + "\n"
 
 
+@exits_cleanly
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
@@ -160,6 +157,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-step", action="store_true", help="do not time the MiniLM train step")
     parser.add_argument("--steps", type=int, default=3, help="timed MiniLM train steps")
     parser.add_argument("--markdown", default=None, help="write the table here")
+    add_run_arguments(parser, torch_side=False)
     parser.add_argument("--worker", choices=["streaming", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -168,6 +166,8 @@ def main(argv=None) -> int:
         result["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(result), flush=True)
         return 0
+    if not args.no_step:
+        use_jax_device(args.device)  # fails early, with one line, where --device gpu finds no GPU
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         for n in args.sizes:
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
                           f"{row['examples_per_s']:8,.0f} ex/s  peak RSS {row['peak_rss_mib']:6.0f} MiB", flush=True)
             for fmt in paths:
                 os.remove(paths[fmt])
-    step = None if args.no_step else train_step_examples_per_s(args.steps)
+    step = None if args.no_step else train_step_examples_per_s(args.steps, args.device, args.dtype)
     if step is not None:
         print(f"MiniLM train step: {step[0]:.2f} s/step, {step[1]:.1f} examples/s", flush=True)
     streamed = {(r["format"], r["pairs"]): r["peak_rss_mib"] for r in rows if r["kind"] == "streaming"}
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         if len(sizes) > 1:
             growth = streamed[(fmt, sizes[-1])] / streamed[(fmt, sizes[0])] - 1
             print(f"streaming {fmt}: peak RSS {sizes[-1]:,} vs {sizes[0]:,} pairs: {growth:+.1%}", flush=True)
-    emit_table(markdown(rows, step), args.markdown)
+    emit_table(markdown(rows, step, args.device, args.dtype), args.markdown)
     return 0
 
 

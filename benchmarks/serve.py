@@ -1,5 +1,7 @@
 """Serving throughput: `bertgen serve` (an exported model) under 1, 8 and 32 concurrent clients vs
-transformers' `pipeline("text2text-generation", batch_size=8)` in PyTorch, same weights, one run.
+transformers' `pipeline("text2text-generation", batch_size=8)` in PyTorch (5.x, which dropped that task:
+the same loop by hand, batches of 8 through `generate`), same weights, one run. The transformers side runs in
+its own process (`--torch-python`, default this interpreter).
 
 256 requests of mixed input lengths (8-128 tokens, one text each), exactly 32 new tokens greedy
 (min = max new tokens, so every request generates the same amount). The server is a real subprocess
@@ -10,11 +12,17 @@ latency of a single in-process `generate` call (the exported model, batch 1) on 
 
     python benchmarks/serve.py                                # minilm (the shipped weights, warm-started)
     python benchmarks/serve.py --sizes minilm base --markdown bench_out/serve.md
+    python benchmarks/serve.py --torch-python ENV/bin/python      # transformers from another environment
+
+GPU run (one command, ~3 minutes on one GPU; the server's JAX on the GPU, bfloat16 weights on both sides):
+
+    python benchmarks/serve.py --device gpu --dtype bfloat16 --sizes minilm base
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import socket
@@ -26,15 +34,15 @@ import time
 
 import numpy as np
 
+from bertgen_jax.bench.common import (add_run_arguments, exits_cleanly, jax_dtype, jax_env, run_json, torch_command,
+                                      use_jax_device, versions_line)
 from bertgen_jax.bench.report import emit_table
-from bertgen_jax.bench.generate import build_torch_model
 
 NUM_REQUESTS = 256
 NEW_TOKENS = 32
 MIN_TOKENS, MAX_TOKENS = 8, 128
 CLIENTS = (1, 8, 32)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_texts(tokenizer, count: int, seed: int = 0) -> list[str]:
@@ -112,10 +120,8 @@ def load(url: str, texts: list[str], clients: int, parameters: dict):
     return time.perf_counter() - started, latencies, answers
 
 
-def run_size(size: str, clients_list, log) -> list[tuple]:
-    import torch
-    import transformers
-
+def run_size(size: str, clients_list, log, args) -> tuple[list, dict]:
+    from bertgen_jax import AutoTokenizer
     from bertgen_jax.parity import shipped_minilm_dir
     from bertgen_jax.serving import load_exported
     from bertgen_jax.serving.export import export_model
@@ -130,9 +136,9 @@ def run_size(size: str, clients_list, log) -> list[tuple]:
 
         enable_persistent_compilation_cache(os.environ["BERTGEN_COMPILATION_CACHE"])
         model_dir, export_dir = os.path.join(workdir, "model"), os.path.join(workdir, "export")
-        theirs = build_torch_model(size)
-        theirs.save_pretrained(model_dir)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(shipped_minilm_dir())
+        run_json("building the model", torch_command(args.torch_python, "build", "--size", size, "--minilm-dir",
+                                                     shipped_minilm_dir(), "--save-to", model_dir))
+        tokenizer = AutoTokenizer.from_pretrained(shipped_minilm_dir())
         tokenizer.save_pretrained(model_dir)
         texts = make_texts(tokenizer, NUM_REQUESTS)
         lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
@@ -141,22 +147,21 @@ def run_size(size: str, clients_list, log) -> list[tuple]:
 
         started = time.perf_counter()
         export_model(model_dir, export_dir, batch_sizes=BATCH_SIZES, max_input_length=MAX_TOKENS,
-                     option_sets=[parameters])
+                     option_sets=[parameters], platforms=("cuda" if args.device == "gpu" else "cpu",),
+                     dtype=jax_dtype(args.dtype))
         log(f"[{size}] exported in {time.perf_counter() - started:.1f} s")
 
         # transformers' pipeline, batch_size=8 (its best batched setting here), after a warm-up batch.
-        pipe = transformers.pipeline("text2text-generation", model=theirs, tokenizer=tokenizer, batch_size=8,
-                                     device=-1)
-        with torch.no_grad():
-            pipe(texts[:8], **parameters)
-            started = time.perf_counter()
-            torch_answers = [r["generated_text"] for r in pipe(texts, **parameters)]
-            torch_s = time.perf_counter() - started
+        texts_file = os.path.join(workdir, "texts.json")
+        with open(texts_file, "w", encoding="utf-8") as handle:
+            json.dump(texts, handle)
+        theirs = run_json("the transformers side", torch_command(
+            args.torch_python, "serve", "--model-dir", model_dir, "--texts", texts_file, "--parameters",
+            json.dumps(parameters), "--device", args.device, "--dtype", args.dtype))
+        torch_s, torch_answers = theirs["seconds"], theirs["answers"]
         torch_tps = NUM_REQUESTS * NEW_TOKENS / torch_s
-        log(f"[{size}] transformers pipeline(batch_size=8): {torch_s:.1f} s, {torch_tps:.0f} tokens/s")
-        rows.append((size, "transformers pipeline, batch_size=8", "-", NUM_REQUESTS / torch_s, torch_tps, None, None,
-                     1.0))
-        del pipe
+        log(f"[{size}] {theirs['how']} ({versions_line(theirs)}): {torch_s:.1f} s, {torch_tps:.0f} tokens/s")
+        rows.append((size, theirs["how"], "-", NUM_REQUESTS / torch_s, torch_tps, None, None, 1.0))
 
         # A single in-process generate call per input (exported model, batch 1): the latency floor.
         exported = load_exported(export_dir)
@@ -172,7 +177,7 @@ def run_size(size: str, clients_list, log) -> list[tuple]:
                      percentile(single, 99), None))
         del exported
 
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+        env = jax_env(args.device)
         started = time.perf_counter()
         process, url = start_server(export_dir, env)
         log(f"[{size}] server up (all {len(BATCH_SIZES) * 4} programs compiled) in "
@@ -194,10 +199,10 @@ def run_size(size: str, clients_list, log) -> list[tuple]:
         finally:
             process.terminate()
             process.wait(timeout=600)
-    return rows
+    return rows, theirs
 
 
-def format_table(rows) -> str:
+def format_table(rows, torch_info: dict, dtype: str) -> str:
     def ms(value):
         return "-" if value is None else f"{value * 1e3:.0f}"
 
@@ -205,7 +210,8 @@ def format_table(rows) -> str:
         return "-" if value is None else format(value, fmt)
 
     lines = [f"Serving, {NUM_REQUESTS} requests of {MIN_TOKENS}-{MAX_TOKENS} input tokens, {NEW_TOKENS} new tokens "
-             f"greedy; {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared, noisy)", "",
+             f"greedy, {dtype}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; bertgen serve on "
+             f"{'the GPU' if torch_info['device'] != 'cpu' else 'cpu'}; {versions_line(torch_info)}", "",
              "| model | server | clients | requests/s | tokens/s | p50 ms | p99 ms | tokens/s vs transformers |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for size, server, clients, rps, tps, p50, p99, ratio in rows:
@@ -214,17 +220,21 @@ def format_table(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+@exits_cleanly
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["minilm"], choices=("minilm", "base"))
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)))
     parser.add_argument("--markdown", default=None, help="also write the table here")
-    args = parser.parse_args()
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
-    rows = []
+    use_jax_device(args.device)
+    rows, torch_info = [], None
     for size in args.sizes:
-        rows += run_size(size, clients, lambda message: print(message, flush=True))
-    emit_table(format_table(rows), args.markdown)
+        size_rows, torch_info = run_size(size, clients, lambda message: print(message, flush=True), args)
+        rows += size_rows
+    emit_table(format_table(rows, torch_info, args.dtype), args.markdown)
     return 0
 
 

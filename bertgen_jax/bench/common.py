@@ -116,11 +116,28 @@ def use_jax_device(device: str):
 
     try:
         return jax.devices("gpu" if device == "gpu" else "cpu")[0]
-    except RuntimeError as err:
+    except Exception as err:  # RuntimeError, or an AssertionError inside JAX with JAX_PLATFORMS=cuda and no plugin
         if device == "gpu":
+            said = (str(err).splitlines() or [type(err).__name__])[0]
             raise BenchError("--device gpu: JAX finds no GPU here (needs an NVIDIA GPU and jax[cuda12]); "
-                             f"JAX said: {str(err).splitlines()[0]}") from None
+                             f"JAX said: {said}") from None
         raise
+
+
+@exits_cleanly
+def check_jax_device(device: str) -> int:
+    """0 where JAX has `device`, else `error: ...` and 2 (`python -c` probe of a small launcher)."""
+    use_jax_device(device)
+    return 0
+
+
+def require_jax_device_in_child(device: str) -> None:
+    """Probe `device` in a child process, so that this (launcher) process never imports JAX."""
+    probe = run_process([sys.executable, "-c", "import sys; from bertgen_jax.bench.common import check_jax_device; "
+                         f"sys.exit(check_jax_device({device!r}))"], env=jax_env(device))
+    if probe.returncode != 0:
+        error = worker_failed("probing the device", probe)
+        raise BenchError(str(error).split(": ", 1)[1])
 
 
 def jax_dtype(name: str):

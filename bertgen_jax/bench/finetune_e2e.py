@@ -45,8 +45,8 @@ import tempfile
 
 from bertgen_jax.parity import shipped_minilm_dir
 
-from .common import (BenchError, add_run_arguments, exits_cleanly, jax_env, peak_rss_mib, run_json, run_process,
-                     torch_command, versions_line, worker_failed)
+from .common import (BenchError, add_run_arguments, exits_cleanly, jax_env, peak_rss_mib, require_jax_device_in_child,
+                     run_json, run_process, torch_command, versions_line, worker_failed)
 from .report import emit_table
 
 EVAL_PAIRS = 200  # the demo's eval split
@@ -162,11 +162,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.steps <= 0 or args.batch_size <= 0:
         parser.error("--steps and --batch-size must be positive")
-    if args.device == "gpu":  # a one-line answer before minutes of work (a small process: JAX on no device)
-        probe = run_process([sys.executable, "-c", "from bertgen_jax.bench.common import use_jax_device as u; "
-                             "u('gpu')"], env=jax_env("gpu"))
-        if probe.returncode != 0:
-            raise worker_failed("--device gpu", probe)
+    require_jax_device_in_child(args.device)  # a one-line answer before minutes of work
     from bertgen_jax.data.fusion import write_fusion_dataset
 
     warmup_steps = int(math.ceil(args.warmup_ratio * args.steps))

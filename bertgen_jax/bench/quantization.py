@@ -20,6 +20,9 @@ weights: about 3.3 GB of float32 parameters, slow on a few CPU cores.
 decoding that stops at [SEP], the fair test of whether quantization changes what a trained model says.
 
     bertgen demo && bertgen bench quantization -- --sizes fusion
+
+No transformers side here, and the dtypes are the variants: --device only (no --dtype). GPU run (one
+command, ~2 minutes): `python benchmarks/quantization.py --device gpu --sizes minilm large --repeats 3`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import time
 
 import numpy as np
 
+from .common import add_run_arguments, exits_cleanly, use_jax_device
 from .report import emit_table
 
 INPUT_TOKENS = 64
@@ -275,6 +279,7 @@ def markdown(rows: list[dict], repeats: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+@exits_cleanly
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["minilm"], choices=["minilm", "large", "fusion"])
@@ -283,8 +288,10 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--markdown", default=None, help="also write the table here")
+    add_run_arguments(parser, torch_side=False, dtype=False)
     parser.add_argument("--worker", nargs=4, metavar=("VARIANT", "DIR", "OUT", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    use_jax_device(args.device)  # sets JAX_PLATFORMS, which the variant workers inherit
     if args.worker:
         worker(*args.worker, repeats=args.repeats)
         return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import os
 import statistics
 import sys
@@ -219,7 +218,6 @@ def trainer_arguments(args, device) -> dict:
 
 
 def task_finetune(args, device, dtype, info) -> dict:
-    import torch
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.minilm_dir)
@@ -299,7 +297,6 @@ def task_eval_loss(args, device, dtype, info) -> dict:
 def task_serve(args, device, dtype, info) -> dict:
     """transformers' batched generation (batch_size 8) over the texts: its text2text pipeline where that
     exists (4.x), else the same loop by hand (5.x dropped the task): tokenize 8, pad, generate, decode."""
-    import torch
     import transformers
 
     with open(args.texts, encoding="utf-8") as handle:
@@ -325,6 +322,8 @@ def task_serve(args, device, dtype, info) -> dict:
                 out = model.generate(**inputs, **parameters)
                 answers += tokenizer.batch_decode(out, skip_special_tokens=True)
             return answers
+
+    import torch
 
     with torch.no_grad():
         run(texts[:8])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ..bench import generate, quantization, train
+from ..bench import finetune_e2e, generate, quantization, train
 
 NAME = "bench"
 HELP = "benchmark against PyTorch transformers"
-DESCRIPTION = ("Run a benchmark (generate, train, quantization) against PyTorch transformers in the same run; "
+DESCRIPTION = ("Run a benchmark (generate, train, finetune_e2e, quantization) against PyTorch transformers in the same run; "
                "arguments after -- go to the benchmark (`bertgen bench generate -- --help`).")
-BENCHMARKS = {"generate": generate.main, "train": train.main, "quantization": quantization.main}
+BENCHMARKS = {"generate": generate.main, "train": train.main, "finetune_e2e": finetune_e2e.main,
+              "quantization": quantization.main}
 
 
 def add_arguments(parser) -> None:
