@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,16 @@ def generation_inputs(vocab: int):
     for name, scenario in GENERATION_SCENARIOS:
         ids = rng.randint(1000 if vocab > 2000 else 3, vocab, size=(scenario["batch"], INPUT_TOKENS)).astype(np.int64)
         yield name, {k: v for k, v in scenario.items() if k != "batch"}, ids
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall seconds of `repeats` calls of `fn`."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def train_step_batch(vocab: int):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import time
 import numpy as np
 
 from .common import (INPUT_TOKENS, NEW_TOKENS, SIZES, add_run_arguments, exits_cleanly, generation_inputs, jax_dtype,
-                     run_json, torch_command, use_jax_device, versions_line)
+                     median_time, run_json, torch_command, use_jax_device, versions_line)
 from .report import emit_table
 
 def measure_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
@@ -43,15 +42,6 @@ def measure_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
         np.copyto(dst, src)
         times.append(time.perf_counter() - start)
     return 2 * src.nbytes / min(times) / 1e9
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run_size(size: str, repeats: int, bandwidth: float, args) -> tuple[list, dict]:
@@ -80,7 +70,7 @@ def run_size(size: str, repeats: int, bandwidth: float, args) -> tuple[list, dic
         start = time.perf_counter()
         run_ours()
         first = time.perf_counter() - start
-        ours_s = _median_time(run_ours, repeats)
+        ours_s = median_time(run_ours, repeats)
         torch_s = theirs["seconds"][name]
         rows.append(dict(size=size, scenario=name, torch_ms=torch_s / NEW_TOKENS * 1e3,
                          ours_ms=ours_s / NEW_TOKENS * 1e3, ratio=torch_s / ours_s, compile_s=first - ours_s,

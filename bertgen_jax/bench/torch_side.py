@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (BenchError, DEVICES, DTYPES, GENERATION_SCENARIOS, LEARNING_RATE, NEW_TOKENS,  # noqa: E402
-                    SIZES, STEP_WARMUP, generation_inputs, peak_rss_mib, train_step_batch)
+                    SIZES, STEP_WARMUP, generation_inputs, median_time, peak_rss_mib, train_step_batch)
 
 IGNORE_INDEX = -100
 
@@ -150,15 +150,6 @@ def task_generate(args, device, dtype, info) -> dict:
         seconds[name] = median_time(run, args.repeats)
     assert [name for name, _ in GENERATION_SCENARIOS] == list(seconds)
     return dict(seconds=seconds, decoder_bytes=decoder_bytes)
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # ----------------------------------------------------------------------------- train step
