@@ -310,7 +310,8 @@ def task_serve(args, device, dtype, info) -> dict:
             answers = []
             for begin in range(0, len(chunk), 8):
                 inputs = tokenizer(chunk[begin:begin + 8], padding=True, return_tensors="pt").to(device)
-                out = model.generate(**inputs, **parameters)
+                out = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                     **parameters)
                 answers += tokenizer.batch_decode(out, skip_special_tokens=True)
             return answers
 
