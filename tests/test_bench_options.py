@@ -46,6 +46,14 @@ def test_no_gpu_is_one_line_not_a_traceback(command):
     assert last.startswith("error: --device gpu") and "finds no" in last, done.stderr
 
 
+def test_a_missing_torch_python_is_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "bertgen_jax.cli", "bench", "train", "--", "--sizes", "minilm",
+                           "--torch-python", str(tmp_path / "no-python")], capture_output=True, text=True, env=ENV,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error: cannot run {tmp_path / 'no-python'}: No such file or directory"
+
+
 def test_run_process_reports_the_childs_own_peak_rss(tmp_path):
     # 300 MiB touched in the child; this (pytest) parent may be larger, so compare with a small launcher
     launcher = ("import sys; from bertgen_jax.bench.common import run_process; "

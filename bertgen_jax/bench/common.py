@@ -175,7 +175,10 @@ def run_process(command: list, *, env: Optional[dict] = None, echo: bool = False
     where the child's own figure matters). Output goes to files (no pipe to drain); `echo` prints it."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
+        try:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
+        except OSError as error:  # e.g. a --torch-python that does not exist
+            raise BenchError(f"cannot run {command[0]}: {error.strerror or error}") from None
         deadline = None if timeout is None else start + timeout
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG if deadline else 0)

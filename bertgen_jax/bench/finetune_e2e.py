@@ -42,6 +42,7 @@ import platform
 import shutil
 import sys
 import tempfile
+from importlib.metadata import version
 
 from bertgen_jax.parity import shipped_minilm_dir
 
@@ -112,10 +113,8 @@ def markdown(args, rows: dict, losses: dict, eval_info: dict, settings: dict, la
     gap = abs(losses["bertgen_jax"] - losses["transformers"]) / losses["transformers"]
     close = "within" if gap <= LOSS_TOLERANCE else "NOT within"
     trained = args.steps * args.batch_size * label_tokens
-    import jax  # only now: the parent stayed small while the children ran
-
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores; bertgen_jax: jax {jax.__version__} on "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores; bertgen_jax: jax {version('jax')} on "
         f"{args.device}; {versions_line(theirs['info'])}; {args.dtype}.",
         f"Job: the demo's sentence-fusion fine-tuning, {args.architecture} warm start from all-MiniLM-L6-v2 on both "
         f"sides, batch {args.batch_size}, {args.steps} steps, lr {args.learning_rate:g} (linear, "

@@ -132,8 +132,8 @@ def task_generate(args, device, dtype, info) -> dict:
 
     model = build_bert2bert(args.size, args.minilm_dir)
     model.save_pretrained(args.save_to)
-    decoder_bytes = sum(p.numel() * 4 for p in model.decoder.parameters())  # float32 weights
     model = model.to(device=device, dtype=dtype)
+    decoder_bytes = sum(p.numel() * p.element_size() for p in model.decoder.parameters())  # in --dtype
     seconds = {}
     for name, scenario, ids in generation_inputs(model.config.encoder.vocab_size):
         kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, **scenario)
