@@ -135,8 +135,10 @@ def markdown(args, rows: dict, losses: dict, eval_info: dict, settings: dict, la
     for name, row in (("transformers", theirs), ("bertgen_jax", ours)):
         lines.append(f"| {name} | {row['ran']} | {row['wall_s']:.1f} | {losses[name]:.4f} | "
                      f"{trained / row['wall_s']:.0f} | {row['peak_rss_mib']:.0f} |")
-    lines += ["", f"(The parent process that launched both: peak RSS {parent_mib:.0f} MiB, a floor under both "
-                  f"figures.)"]
+    written = ours["checkpoints"]
+    lines += ["", f"bertgen train left {'checkpoint(s) ' + ', '.join(written) if written else 'no checkpoint'} in its "
+                  f"output directory (besides the model). The parent process that launched both: peak RSS "
+                  f"{parent_mib:.0f} MiB, a floor under both figures."]
     return "\n".join(lines) + "\n"
 
 
