@@ -23,6 +23,7 @@ from converters import checkpoint_io
 from converters.layouts import decoder_layout, encoder_decoder_layout, encoder_layout, expand_tied_encoder
 from converters.mapping import ConversionReport, flatten, load_into_tree, tree_to_state_dict, unflatten
 from converters.checkpoint_io import release_freed_host_memory  # noqa: F401  (for training, which sees only models)
+from converters.files import atomic_write_bytes, atomic_write_text  # noqa: F401  (the one atomic-write helper, for training)
 from converters.quantized import qweight_hook, quantized_state_dict
 
 from .bert_family import (BertLMHeadModule, EncoderDecoderModule, FamilyModule, RobertaForCausalLMModule,
