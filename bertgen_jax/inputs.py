@@ -129,8 +129,9 @@ def labelled_lm_loss(hidden, weight, bias, labels, *, label_smoothing: float = 0
     The labelled rows of each of `groups` row groups (a group = a shard of the batch on a data-parallel
     mesh, so the work stays on its devices) are moved to the front, and the projection, softmax and
     their gradients run over chunks of `chunk_rows` rows in a loop that stops after the last chunk
-    holding a label (the padding rows past it cost nothing). The gradients are formed in the same pass
-    (a custom VJP), so no chunk's logits outlive it. `weight` is [vocab, H] (tied word embeddings) or,
+    holding a label (the padding rows past it cost no projection, softmax or hidden gradient). The
+    gradients are formed in the same pass (a custom VJP): only d loss / d logits is kept, and the
+    weight's gradient is one matmul over it after the loop. `weight` is [vocab, H] (tied word embeddings) or,
     with `weight_is_vocab_major=False`, [H, vocab] (a Dense kernel)."""
     batch, length, width = hidden.shape
     if batch % groups:
@@ -142,9 +143,8 @@ def labelled_lm_loss(hidden, weight, bias, labels, *, label_smoothing: float = 0
     order = jnp.argsort(jnp.logical_not(flat_valid), axis=1, stable=True)
     gathered = jnp.take_along_axis(hidden.reshape(groups, rows, width), order[..., None], axis=1)
     gathered_labels = jnp.take_along_axis(labels.reshape(groups, rows), order, axis=1)
-    if chunk_rows is None:  # at most ~8 chunks per group, each at least 64 rows
-        eighth = -(-rows // 8)
-        chunk_rows = -(-eighth // 64) * 64
+    if chunk_rows is None:  # ~8 chunks per group of at least 16 rows, a divisor of the rows when one is near
+        chunk_rows = _chunk_size(rows)
     chunk_rows = min(chunk_rows, rows)
     padded = -(-rows // chunk_rows) * chunk_rows
     if padded != rows:
@@ -156,8 +156,16 @@ def labelled_lm_loss(hidden, weight, bias, labels, *, label_smoothing: float = 0
     return loss, jnp.sum(valid).astype(jnp.float32)
 
 
+def _chunk_size(rows: int, chunks: int = 8, smallest: int = 16) -> int:
+    target = max(smallest, -(-rows // chunks))
+    for size in range(target, min(rows, 2 * target) + 1):  # no padding rows when a divisor is close
+        if rows % size == 0:
+            return size
+    return target
+
+
 def _chunk_loss_and_grads(hidden, weight, bias, labels, smoothing, vocab_major, with_grads):
-    """Loss sum of one chunk [G, C, H] (and, with_grads, d loss / d hidden, weight, bias)."""
+    """Loss sum of one chunk [G, C, H] (and, with_grads, d loss / d logits [G, C, V] and d loss / d hidden)."""
     w = weight.astype(hidden.dtype)
     logits = jnp.einsum("gch,vh->gcv" if vocab_major else "gch,hv->gcv", hidden, w)
     logits = (logits + bias.astype(logits.dtype)).astype(jnp.float32)
@@ -175,17 +183,18 @@ def _chunk_loss_and_grads(hidden, weight, bias, labels, smoothing, vocab_major, 
     dlogits = jnp.exp(logits - log_norm[..., None]) - (1.0 - smoothing) * jax.nn.one_hot(safe, vocab)
     if smoothing:
         dlogits = dlogits - smoothing / vocab
-    dlogits = jnp.where(valid[..., None], dlogits, 0.0)
-    dcompute = dlogits.astype(hidden.dtype)
-    dhidden = jnp.einsum("gcv,vh->gch" if vocab_major else "gcv,hv->gch", dcompute, w,
+    dlogits = jnp.where(valid[..., None], dlogits, 0.0).astype(hidden.dtype)
+    dhidden = jnp.einsum("gcv,vh->gch" if vocab_major else "gcv,hv->gch", dlogits, w,
                          preferred_element_type=jnp.float32)
-    dweight = jnp.einsum("gcv,gch->vh" if vocab_major else "gcv,gch->hv", dcompute, hidden,
-                         preferred_element_type=jnp.float32)
-    return loss, (dhidden, dweight, jnp.sum(dlogits, axis=(0, 1)))
+    return loss, (dlogits, dhidden)
 
 
 def _chunk_loop(hidden, weight, bias, labels, labelled, smoothing, chunk, vocab_major, with_grads):
+    """The loss over the chunks up to the last one holding a label; with_grads, also the gradients
+    for hidden, weight and bias. The chunks' d loss / d logits go into one [G, rows, V] buffer (zero
+    past the last labelled chunk) so that the weight's gradient is one matmul, not a sum per chunk."""
     groups, rows, width = hidden.shape
+    vocab = bias.shape[0]
 
     def more(carry):
         return carry[0] * chunk < labelled
@@ -197,15 +206,20 @@ def _chunk_loop(hidden, weight, bias, labels, labelled, smoothing, chunk, vocab_
         y = jax.lax.dynamic_slice_in_dim(labels, start, chunk, axis=1)
         chunk_loss, chunk_grads = _chunk_loss_and_grads(h, weight, bias, y, smoothing, vocab_major, with_grads)
         if with_grads:
-            dhidden, dweight, dbias = grads
-            grads = (jax.lax.dynamic_update_slice_in_dim(dhidden, chunk_grads[0], start, axis=1),
-                     dweight + chunk_grads[1], dbias + chunk_grads[2])
+            grads = tuple(jax.lax.dynamic_update_slice_in_dim(buffer, part, start, axis=1)
+                          for buffer, part in zip(grads, chunk_grads))
         return i + 1, loss + chunk_loss, grads
 
-    grads = ((jnp.zeros((groups, rows, width), jnp.float32), jnp.zeros(weight.shape, jnp.float32),
-              jnp.zeros(bias.shape, jnp.float32)) if with_grads else ())
+    grads = ((jnp.zeros((groups, rows, vocab), hidden.dtype), jnp.zeros((groups, rows, width), jnp.float32))
+             if with_grads else ())
     _, loss, grads = jax.lax.while_loop(more, body, (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), grads))
-    return loss, grads
+    if not with_grads:
+        return loss, None
+    dlogits, dhidden = grads
+    dweight = jnp.einsum("grv,grh->vh" if vocab_major else "grv,grh->hv", dlogits, hidden,
+                         preferred_element_type=jnp.float32)
+    dbias = jnp.sum(dlogits.astype(jnp.float32), axis=(0, 1))
+    return loss, (dhidden, dweight, dbias)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))

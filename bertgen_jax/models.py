@@ -683,16 +683,19 @@ class EncoderDecoderModel(_FlaxModel):
                   decoder_attention_mask, labels, head_mask, decoder_head_mask, dropout_rng)
 
     def loss_function(self, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None,
-                      row_groups: int = 1):
+                      labelled_only: bool = False, row_groups: int = 1):
         """`loss_sum(params, batch, dropout_rng) -> (sum of token losses, number of label tokens)` for one
         batch {"input_ids", "attention_mask", "labels"} (leaves [B, T]): transformers' seq2seq loss
         (labels shifted right into decoder inputs, decoder mask `!= pad_token_id`, -100 ignored), summed
         so that micro-batches add up. Pure and jit-able; handles tied encoder/decoder params.
         `compute_dtype` (e.g. bfloat16) runs the modules in it while params stay as they are.
 
-        The LM head and the cross-entropy run only on labelled positions (`inputs.labelled_lm_loss`:
-        the [B, T, vocab] logits are never formed); `row_groups` splits the batch into that many
-        groups of rows (the batch shards of a data-parallel mesh) that each gather their own."""
+        `labelled_only`: the LM head and the cross-entropy run only on labelled positions
+        (`inputs.labelled_lm_loss`: the [B, T, vocab] logits are never formed; the same loss and
+        gradients); `row_groups` splits the batch into that many groups of rows (the batch shards of a
+        data-parallel mesh) that each gather their own. It pays when many positions of the padded
+        targets carry no label; with tightly bucketed batches (most positions labelled) the plain
+        head is as fast or faster on CPU."""
         c = self.config
         module = self.module
         if compute_dtype is not None and jnp.dtype(compute_dtype) != self.dtype:
@@ -704,6 +707,12 @@ class EncoderDecoderModel(_FlaxModel):
             labels = batch["labels"]
             decoder_input_ids = shift_tokens_right(labels, c.pad_token_id, c.decoder_start_token_id)
             decoder_attention_mask = (decoder_input_ids != c.pad_token_id).astype(jnp.int32)
+            if not labelled_only:
+                _, decoded = module.apply({"params": module_params(params)}, batch["input_ids"],
+                                          batch["attention_mask"], decoder_input_ids, decoder_attention_mask,
+                                          deterministic=deterministic, rngs=_dropout_rngs(deterministic, dropout_rng))
+                losses, valid = token_losses(decoded["logits"], labels, label_smoothing)
+                return jnp.sum(losses), jnp.sum(valid).astype(jnp.float32)
             hidden, weight, bias, vocab_major = module.apply(
                 {"params": module_params(params)}, batch["input_ids"], batch["attention_mask"], decoder_input_ids,
                 decoder_attention_mask, deterministic, method=_lm_head_inputs,

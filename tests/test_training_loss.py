@@ -49,7 +49,8 @@ def _plain_loss_fn(model, label_smoothing):
 
 
 def _assert_same_loss_and_grads(model, micro, label_smoothing, row_groups=1, rng=None):
-    ours = model.loss_function(label_smoothing=label_smoothing, deterministic=rng is None, row_groups=row_groups)
+    ours = model.loss_function(label_smoothing=label_smoothing, deterministic=rng is None, labelled_only=True,
+                               row_groups=row_groups)
     plain = _plain_loss_fn(model, label_smoothing)
     (loss_a, count_a), grads_a = jax.jit(jax.value_and_grad(ours, has_aux=True))(model.params, micro, rng)
     (loss_b, count_b), grads_b = jax.jit(jax.value_and_grad(plain, has_aux=True))(model.params, micro, rng)

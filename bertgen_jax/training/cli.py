@@ -67,6 +67,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     opt.add_argument("--warmup-ratio", type=float, default=0.0)
     opt.add_argument("--max-grad-norm", type=float, default=1.0, help="global-norm clipping (0: off)")
     opt.add_argument("--label-smoothing", type=float, default=0.0)
+    opt.add_argument("--labelled-lm-head", action="store_true",
+                     help="run the LM head and the loss only on target positions that carry a label (the same "
+                          "loss and gradients; pays when targets in a batch differ much in length)")
     opt.add_argument("--seed", type=int, default=0)
 
     run = parser.add_argument_group("run")
@@ -146,7 +149,8 @@ def train_config_from_args(args):
         output_dir=args.output_dir, max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size,
         grad_accum=args.grad_accum, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio,
-        max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing, dropout=not args.no_dropout,
+        max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing,
+        labelled_lm_head=args.labelled_lm_head, dropout=not args.no_dropout,
         bf16=args.bf16, seed=args.seed, mesh=args.mesh, log_every=args.log_every, eval_every=args.eval_every,
         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, eval_at_start=args.eval_at_start,
         save_final_checkpoint=args.save_final_checkpoint, async_checkpoints=not args.sync_checkpoints,

@@ -75,6 +75,7 @@ class TrainConfig:
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
     label_smoothing: float = 0.0
+    labelled_lm_head: bool = False  # LM head + loss on labelled target positions only (models.loss_function)
     dropout: bool = True
     bf16: bool = False
     seed: int = 0
@@ -208,10 +209,10 @@ class Trainer:
         self.train_step = distributed.CompiledTogether(make_train_step(
             model, self.optimizer, label_smoothing=c.label_smoothing, deterministic=not c.dropout,
             compute_dtype=compute_dtype, state_sharding=self.state_sharding, batch_sharding=self.batch_sharding,
-            row_groups=divisor), "train_step")
+            labelled_only=c.labelled_lm_head, row_groups=divisor), "train_step")
         self.eval_step = distributed.CompiledTogether(make_eval_step(
             model, compute_dtype=compute_dtype, params_sharding=self.state_sharding.params,
-            batch_sharding=self.batch_sharding, row_groups=divisor), "eval_step")
+            batch_sharding=self.batch_sharding, labelled_only=c.labelled_lm_head, row_groups=divisor), "eval_step")
         self.history: list[dict] = []
         self._writer = None
         self._stop: Optional[_StopOnInterrupt] = None
@@ -487,8 +488,15 @@ class Trainer:
 
         if interrupted or c.save_every or c.save_final_checkpoint:  # what a resume (or a later run) starts from
             self._save(checkpointer, state, position)
-        self.model.params = _to_host(state.params)
         checkpointer.wait_until_finished()  # the checkpoints are on disk before the run reports success
+        # The optimizer state (2x the params) is not needed any more: free it before the host copy of
+        # the params, the final eval and the export, which would otherwise raise the peak memory.
+        for leaf in jax.tree_util.tree_leaves(state.opt_state):
+            if isinstance(leaf, jax.Array) and not leaf.is_deleted():
+                leaf.delete()
+        state = state.replace(opt_state=None)
+        self._live_state = state
+        self.model.params = _to_host(state.params)
         export_dir = None
         if interrupted:
             by = f" by {self._stop.signal_name}" if self._stop and self._stop.signal_name else ""
