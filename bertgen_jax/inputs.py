@@ -5,6 +5,7 @@ and the cross-entropy. A leaf: it imports nothing of the project.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -116,3 +117,127 @@ def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
     shifted = jnp.concatenate([jnp.full((labels.shape[0], 1), decoder_start_token_id, labels.dtype), labels[:, :-1]],
                               axis=1)
     return jnp.where(shifted == IGNORE_INDEX, pad_token_id, shifted)
+
+
+# ----------------------------------------------------------------------------- the loss on labelled rows only
+def labelled_lm_loss(hidden, weight, bias, labels, *, label_smoothing: float = 0.0, groups: int = 1,
+                     weight_is_vocab_major: bool = True, chunk_rows: Optional[int] = None):
+    """(sum of token losses, number of label tokens) of the LM head `hidden @ W + bias` on [B, T] labels,
+    computed only where labels != -100: the same values and gradients as `token_losses` on the full
+    logits, without the [B, T, vocab] logits.
+
+    The labelled rows of each of `groups` row groups (a group = a shard of the batch on a data-parallel
+    mesh, so the work stays on its devices) are moved to the front, and the projection, softmax and
+    their gradients run over chunks of `chunk_rows` rows in a loop that stops after the last chunk
+    holding a label (the padding rows past it cost no projection, softmax or hidden gradient). The
+    gradients are formed in the same pass (a custom VJP): only d loss / d logits is kept, and the
+    weight's gradient is one matmul over it after the loop. `weight` is [vocab, H] (tied word embeddings) or,
+    with `weight_is_vocab_major=False`, [H, vocab] (a Dense kernel)."""
+    batch, length, width = hidden.shape
+    if batch % groups:
+        raise ValueError(f"batch {batch} is not divisible into {groups} row groups")
+    rows = batch // groups * length
+    valid = labels != IGNORE_INDEX
+    flat_valid = valid.reshape(groups, rows)
+    # Labelled rows first, in order (a stable sort of "is padding").
+    order = jnp.argsort(jnp.logical_not(flat_valid), axis=1, stable=True)
+    gathered = jnp.take_along_axis(hidden.reshape(groups, rows, width), order[..., None], axis=1)
+    gathered_labels = jnp.take_along_axis(labels.reshape(groups, rows), order, axis=1)
+    if chunk_rows is None:  # ~8 chunks per group of at least 16 rows, a divisor of the rows when one is near
+        chunk_rows = _chunk_size(rows)
+    chunk_rows = min(chunk_rows, rows)
+    padded = -(-rows // chunk_rows) * chunk_rows
+    if padded != rows:
+        gathered = jnp.pad(gathered, ((0, 0), (0, padded - rows), (0, 0)))
+        gathered_labels = jnp.pad(gathered_labels, ((0, 0), (0, padded - rows)), constant_values=IGNORE_INDEX)
+    labelled = jnp.max(jnp.sum(flat_valid, axis=1)).astype(jnp.int32)
+    loss = _chunked_lm_loss(gathered, weight, bias, gathered_labels, labelled, float(label_smoothing),
+                            int(chunk_rows), bool(weight_is_vocab_major))
+    return loss, jnp.sum(valid).astype(jnp.float32)
+
+
+def _chunk_size(rows: int, chunks: int = 8, smallest: int = 16) -> int:
+    target = max(smallest, -(-rows // chunks))
+    for size in range(target, min(rows, 2 * target) + 1):  # no padding rows when a divisor is close
+        if rows % size == 0:
+            return size
+    return target
+
+
+def _chunk_loss_and_grads(hidden, weight, bias, labels, smoothing, vocab_major, with_grads):
+    """Loss sum of one chunk [G, C, H] (and, with_grads, d loss / d logits [G, C, V] and d loss / d hidden)."""
+    w = weight.astype(hidden.dtype)
+    logits = jnp.einsum("gch,vh->gcv" if vocab_major else "gch,hv->gcv", hidden, w)
+    logits = (logits + bias.astype(logits.dtype)).astype(jnp.float32)
+    valid = labels != IGNORE_INDEX
+    safe = jnp.where(valid, labels, 0)
+    log_norm = jax.nn.logsumexp(logits, axis=-1)
+    nll = log_norm - jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+    if smoothing:
+        nll = (1.0 - smoothing) * nll + smoothing * (log_norm - jnp.mean(logits, axis=-1))
+    loss = jnp.sum(jnp.where(valid, nll, 0.0))
+    if not with_grads:
+        return loss, None
+    vocab = logits.shape[-1]
+    # d/dlogits of (1 - eps) * nll + eps * mean(-log p) = softmax - (1 - eps) * onehot - eps / V
+    dlogits = jnp.exp(logits - log_norm[..., None]) - (1.0 - smoothing) * jax.nn.one_hot(safe, vocab)
+    if smoothing:
+        dlogits = dlogits - smoothing / vocab
+    dlogits = jnp.where(valid[..., None], dlogits, 0.0).astype(hidden.dtype)
+    dhidden = jnp.einsum("gcv,vh->gch" if vocab_major else "gcv,hv->gch", dlogits, w,
+                         preferred_element_type=jnp.float32)
+    return loss, (dlogits, dhidden)
+
+
+def _chunk_loop(hidden, weight, bias, labels, labelled, smoothing, chunk, vocab_major, with_grads):
+    """The loss over the chunks up to the last one holding a label; with_grads, also the gradients
+    for hidden, weight and bias. The chunks' d loss / d logits go into one [G, rows, V] buffer (zero
+    past the last labelled chunk) so that the weight's gradient is one matmul, not a sum per chunk."""
+    groups, rows, width = hidden.shape
+    vocab = bias.shape[0]
+
+    def more(carry):
+        return carry[0] * chunk < labelled
+
+    def body(carry):
+        i, loss, grads = carry
+        start = i * chunk
+        h = jax.lax.dynamic_slice_in_dim(hidden, start, chunk, axis=1)
+        y = jax.lax.dynamic_slice_in_dim(labels, start, chunk, axis=1)
+        chunk_loss, chunk_grads = _chunk_loss_and_grads(h, weight, bias, y, smoothing, vocab_major, with_grads)
+        if with_grads:
+            grads = tuple(jax.lax.dynamic_update_slice_in_dim(buffer, part, start, axis=1)
+                          for buffer, part in zip(grads, chunk_grads))
+        return i + 1, loss + chunk_loss, grads
+
+    grads = ((jnp.zeros((groups, rows, vocab), hidden.dtype), jnp.zeros((groups, rows, width), jnp.float32))
+             if with_grads else ())
+    _, loss, grads = jax.lax.while_loop(more, body, (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), grads))
+    if not with_grads:
+        return loss, None
+    dlogits, dhidden = grads
+    dweight = jnp.einsum("grv,grh->vh" if vocab_major else "grv,grh->hv", dlogits, hidden,
+                         preferred_element_type=jnp.float32)
+    dbias = jnp.sum(dlogits.astype(jnp.float32), axis=(0, 1))
+    return loss, (dhidden, dweight, dbias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _chunked_lm_loss(hidden, weight, bias, labels, labelled, smoothing, chunk, vocab_major):
+    return _chunk_loop(hidden, weight, bias, labels, labelled, smoothing, chunk, vocab_major, False)[0]
+
+
+def _chunked_lm_loss_fwd(hidden, weight, bias, labels, labelled, smoothing, chunk, vocab_major):
+    loss, grads = _chunk_loop(hidden, weight, bias, labels, labelled, smoothing, chunk, vocab_major, True)
+    dtypes = (hidden.dtype, weight.dtype, bias.dtype)
+    return loss, (tuple(g.astype(d) for g, d in zip(grads, dtypes)), labels, labelled)
+
+
+def _chunked_lm_loss_bwd(smoothing, chunk, vocab_major, residuals, cotangent):
+    (dhidden, dweight, dbias), labels, labelled = residuals
+    scale = lambda g: (g * cotangent.astype(g.dtype)).astype(g.dtype)  # noqa: E731
+    return (scale(dhidden), scale(dweight), scale(dbias),
+            np.zeros(labels.shape, jax.dtypes.float0), np.zeros((), jax.dtypes.float0))
+
+
+_chunked_lm_loss.defvjp(_chunked_lm_loss_fwd, _chunked_lm_loss_bwd)

@@ -23,6 +23,7 @@ from converters import checkpoint_io
 from converters.layouts import decoder_layout, encoder_decoder_layout, encoder_layout, expand_tied_encoder
 from converters.mapping import ConversionReport, flatten, load_into_tree, tree_to_state_dict, unflatten
 from converters.checkpoint_io import release_freed_host_memory  # noqa: F401  (for training, which sees only models)
+from converters.files import atomic_write_bytes, atomic_write_text  # noqa: F401  (the one atomic-write helper, for training)
 from converters.quantized import qweight_hook, quantized_state_dict
 
 from .bert_family import (BertLMHeadModule, EncoderDecoderModule, FamilyModule, RobertaForCausalLMModule,
@@ -33,7 +34,7 @@ from .generation.options import (decoder_generate, encoder_decoder_generate, rea
                                  write_generation_config)
 from .hub import resolve_model_dir
 from .inputs import (IGNORE_INDEX, causal_lm_loss, check_mask, check_positions, check_token_ids,  # noqa: F401
-                     cross_entropy, is_traced, shift_tokens_right, token_losses)
+                     cross_entropy, is_traced, labelled_lm_loss, shift_tokens_right, token_losses)
 from .modules import BertGenerationModule, DecoderModule
 from .quantization import QuantizationConfig, dequantize_tree, is_quantized_leaf, quantize_params
 
@@ -171,6 +172,32 @@ def _dropout_rngs(deterministic, dropout_rng):
     if dropout_rng is None:
         raise ValueError("deterministic=False needs dropout_rng (a jax.random key) for dropout")
     return {"dropout": dropout_rng}
+
+
+def _lm_head_inputs(module, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, deterministic):
+    """(an EncoderDecoderModule method) What the decoder's LM head projects: the hidden states after
+    the head's own transform (BERT: dense, activation, LayerNorm; RoBERTa: dense, GELU, layer_norm;
+    BertGeneration: none), the projection matrix (tied word embeddings [vocab, H], else the head's
+    `decoder` kernel [H, vocab]), its bias, and whether the matrix is vocabulary-major. The decoder's
+    own logits are left unused, so XLA drops that projection."""
+    encoded = module.encode(input_ids, attention_mask, deterministic=deterministic)
+    decoded = module.decode(decoder_input_ids, encoded["last_hidden_state"], attention_mask, decoder_attention_mask,
+                            deterministic=deterministic)
+    decoder, hidden = module.decoder, decoded["last_hidden_state"]
+    if isinstance(decoder, BertLMHeadModule):
+        stack, head = decoder.bert, decoder.cls.predictions
+        hidden = head.transform(hidden)
+    elif isinstance(decoder, RobertaForCausalLMModule):
+        stack, head = decoder.roberta, decoder.lm_head
+        hidden = head.layer_norm(jax.nn.gelu(head.dense(hidden), approximate=False))  # RobertaLMHead's transform
+    else:
+        stack, head = decoder.bert, decoder.lm_head
+    if decoder.config.tie_word_embeddings:
+        return hidden, stack.embeddings.word_embeddings.embedding, head.bias, True
+    kernel = head.decoder.variables["params"]["kernel"]
+    if is_quantized_leaf(kernel):
+        raise ValueError("cannot train a quantized model (its LM head kernel is quantized); dequantize it first")
+    return hidden, kernel, head.bias, False
 
 
 def _has_only_flax_weights(directory) -> bool:
@@ -655,12 +682,20 @@ class EncoderDecoderModel(_FlaxModel):
         return fn(self.params if params is None else params, input_ids, attention_mask, decoder_input_ids,
                   decoder_attention_mask, labels, head_mask, decoder_head_mask, dropout_rng)
 
-    def loss_function(self, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None):
+    def loss_function(self, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None,
+                      labelled_only: bool = False, row_groups: int = 1):
         """`loss_sum(params, batch, dropout_rng) -> (sum of token losses, number of label tokens)` for one
         batch {"input_ids", "attention_mask", "labels"} (leaves [B, T]): transformers' seq2seq loss
         (labels shifted right into decoder inputs, decoder mask `!= pad_token_id`, -100 ignored), summed
         so that micro-batches add up. Pure and jit-able; handles tied encoder/decoder params.
-        `compute_dtype` (e.g. bfloat16) runs the modules in it while params stay as they are."""
+        `compute_dtype` (e.g. bfloat16) runs the modules in it while params stay as they are.
+
+        `labelled_only`: the LM head and the cross-entropy run only on labelled positions
+        (`inputs.labelled_lm_loss`: the [B, T, vocab] logits are never formed; the same loss and
+        gradients); `row_groups` splits the batch into that many groups of rows (the batch shards of a
+        data-parallel mesh) that each gather their own. It pays when many positions of the padded
+        targets carry no label; with tightly bucketed batches (most positions labelled) the plain
+        head is as fast or faster on CPU."""
         c = self.config
         module = self.module
         if compute_dtype is not None and jnp.dtype(compute_dtype) != self.dtype:
@@ -672,11 +707,18 @@ class EncoderDecoderModel(_FlaxModel):
             labels = batch["labels"]
             decoder_input_ids = shift_tokens_right(labels, c.pad_token_id, c.decoder_start_token_id)
             decoder_attention_mask = (decoder_input_ids != c.pad_token_id).astype(jnp.int32)
-            _, decoded = module.apply({"params": module_params(params)}, batch["input_ids"], batch["attention_mask"],
-                                      decoder_input_ids, decoder_attention_mask, deterministic=deterministic,
-                                      rngs=_dropout_rngs(deterministic, dropout_rng))
-            losses, valid = token_losses(decoded["logits"], labels, label_smoothing)
-            return jnp.sum(losses), jnp.sum(valid).astype(jnp.float32)
+            if not labelled_only:
+                _, decoded = module.apply({"params": module_params(params)}, batch["input_ids"],
+                                          batch["attention_mask"], decoder_input_ids, decoder_attention_mask,
+                                          deterministic=deterministic, rngs=_dropout_rngs(deterministic, dropout_rng))
+                losses, valid = token_losses(decoded["logits"], labels, label_smoothing)
+                return jnp.sum(losses), jnp.sum(valid).astype(jnp.float32)
+            hidden, weight, bias, vocab_major = module.apply(
+                {"params": module_params(params)}, batch["input_ids"], batch["attention_mask"], decoder_input_ids,
+                decoder_attention_mask, deterministic, method=_lm_head_inputs,
+                rngs=_dropout_rngs(deterministic, dropout_rng))
+            return labelled_lm_loss(hidden, weight, bias, labels, label_smoothing=label_smoothing,
+                                    groups=row_groups, weight_is_vocab_major=vocab_major)
 
         return loss_sum
 

@@ -388,20 +388,40 @@ def test_resume_gives_the_same_result_as_a_straight_run(copy_task, tmp_path):
     np.testing.assert_allclose(losses(second), losses(result), rtol=1e-6)
 
 
+def test_final_checkpoint_and_start_eval_only_when_asked(copy_task, tmp_path):
+    """A finished run with save_every 0 writes no checkpoint (the exported model is the product) and
+    does not evaluate before the first step; save_final_checkpoint / eval_at_start ask for them."""
+    eval_data = load_pairs(copy_task["eval"], AutoTokenizer.from_pretrained(copy_task["tokenizer"]),
+                           decoder_start_token_id=2, progress=False)
+    plain = _trainer(copy_task, tmp_path / "plain", eval_data=eval_data, config={"max_steps": 2})
+    result = plain.train()
+    assert not result.interrupted and result.eval_loss is not None
+    assert not os.listdir(tmp_path / "plain" / "checkpoints")
+    assert [h["step"] for h in result.history if "eval/loss" in h] == [2]
+
+    asked = _trainer(copy_task, tmp_path / "asked", eval_data=eval_data,
+                     config={"max_steps": 2, "save_final_checkpoint": True, "eval_at_start": True})
+    result = asked.train()
+    assert sorted(os.listdir(tmp_path / "asked" / "checkpoints")) == ["2"]
+    assert [h["step"] for h in result.history if "eval/loss" in h] == [0, 2]
+
+
 CRASH_SCRIPT = textwrap.dedent("""
     import os, sys
     import jax.numpy as jnp
     import orbax.checkpoint._src.path.atomicity as atomicity
     from bertgen_jax.training.checkpoint import Checkpointer
 
-    ckpt = Checkpointer(sys.argv[1])
+    ckpt = Checkpointer(sys.argv[1])  # asynchronous: the saves finish in the background
     ckpt.save(1, {"w": jnp.arange(6.0), "step": jnp.asarray(1)}, {"data_position": {"epoch": 0, "batch": 1}})
+    ckpt.wait_until_finished()
 
     async def crash(self):  # everything is written; die before the commit (the rename)
         os._exit(17)
 
     atomicity.AtomicRenameTemporaryPath.finalize = crash
     ckpt.save(2, {"w": jnp.arange(6.0) * 2, "step": jnp.asarray(2)}, {"data_position": {"epoch": 0, "batch": 2}})
+    ckpt.wait_until_finished()
     sys.exit(0)
 """)
 
@@ -432,7 +452,7 @@ def test_copy_task_through_the_command_line(copy_task, tmp_path):
          "--eval-file", copy_task["eval"], "--output-dir", str(out), "--batch-size", "16", "--max-steps", "600",
          "--learning-rate", "3e-3", "--warmup-steps", "10", "--weight-decay", "0.01", "--save-every", "300",
          "--eval-every", "300", "--log-every", "50", "--pad-to-multiple-of", "16", "--no-progress", "--no-dropout",
-         "--eval-samples", "32", "--max-new-tokens", "10"])
+         "--eval-samples", "32", "--max-new-tokens", "10", "--eval-at-start"])
     assert run_train(args) == 0
     history = [json.loads(line) for line in open(out / "metrics.jsonl")]
     evals = [h["eval/loss"] for h in history if "eval/loss" in h]

@@ -5,6 +5,10 @@ step, rng; sharded arrays are written and read shard by shard) and `meta` (JSON:
 position and anything else the trainer wants back). orbax writes a step into a temporary directory
 and renames it into place only once everything is on disk, so a crash mid-save leaves the previous
 checkpoint as the latest one; leftover temporary directories are removed when a manager is opened.
+
+Saves are asynchronous by default: `save` returns once the arrays are copied off the devices (so the
+next training step may reuse their buffers) and the files are written by a background thread;
+`wait_until_finished` (also called by the next save, `restore` and `close`) waits for them.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import orbax.checkpoint as ocp
 class Checkpointer:
     """A thin wrapper over `ocp.CheckpointManager` for (TrainState, JSON metadata) pairs."""
 
-    def __init__(self, directory: str, *, max_to_keep: Optional[int] = 3):
+    def __init__(self, directory: str, *, max_to_keep: Optional[int] = 3, asynchronous: bool = True):
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=False)
+                                               enable_async_checkpointing=asynchronous)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def latest_step(self) -> Optional[int]:
@@ -31,15 +35,22 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state, meta: dict) -> None:
-        """Write (and commit) checkpoint `step`; blocks until it is on disk."""
+    def save(self, step: int, state, meta: dict, *, wait: bool = False) -> None:
+        """Write (and commit) checkpoint `step`: in the background when asynchronous (`wait`: block
+        until it is on disk)."""
         self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                              meta=ocp.args.JsonSave(meta)), force=True)
+        if wait:
+            self.manager.wait_until_finished()
+
+    def wait_until_finished(self) -> None:
+        """Block until every save in flight is committed on disk."""
         self.manager.wait_until_finished()
 
     def restore(self, abstract_state, step: Optional[int] = None) -> tuple[Any, dict]:
         """Read checkpoint `step` (default: the latest) into the structure, dtypes and shardings of
         `abstract_state` (a TrainState of arrays or jax.ShapeDtypeStruct with `.sharding`)."""
+        self.manager.wait_until_finished()
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
@@ -54,6 +65,7 @@ class Checkpointer:
         self.manager.reload()
 
     def close(self) -> None:
+        self.manager.wait_until_finished()
         self.manager.close()
 
     def __enter__(self):

@@ -67,6 +67,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     opt.add_argument("--warmup-ratio", type=float, default=0.0)
     opt.add_argument("--max-grad-norm", type=float, default=1.0, help="global-norm clipping (0: off)")
     opt.add_argument("--label-smoothing", type=float, default=0.0)
+    opt.add_argument("--labelled-lm-head", action="store_true",
+                     help="run the LM head and the loss only on target positions that carry a label (the same "
+                          "loss and gradients; pays when targets in a batch differ much in length)")
     opt.add_argument("--seed", type=int, default=0)
 
     run = parser.add_argument_group("run")
@@ -83,8 +86,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                      help="continue from the newest intact checkpoint in --output-dir (an error if there is "
                           "none); '--resume auto': resume if there is one, else start from step 0")
     run.add_argument("--log-every", type=int, default=10)
-    run.add_argument("--eval-every", type=int, default=0, help="steps between evals (0: start and end only)")
-    run.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: end only)")
+    run.add_argument("--eval-every", type=int, default=0, help="steps between evals (0: at the end only)")
+    run.add_argument("--eval-at-start", action="store_true", help="also evaluate before the first step")
+    run.add_argument("--save-every", type=int, default=0,
+                     help="steps between checkpoints, and one at the end (0: none, except on Ctrl-C / SIGTERM, "
+                          "so that the run can be resumed)")
+    run.add_argument("--save-final-checkpoint", action="store_true",
+                     help="write a checkpoint at the end even with --save-every 0 (the exported model in "
+                          "OUTPUT_DIR/model is always written)")
+    run.add_argument("--sync-checkpoints", action="store_true",
+                     help="wait for each checkpoint to be on disk before training on (default: written in the "
+                          "background)")
+    run.add_argument("--compilation-cache", default="auto", metavar="DIR|auto|off",
+                     help="persistent XLA compilation cache, so a later run with the same shapes skips compiling "
+                          "(auto: $BERTGEN_COMPILATION_CACHE, else ~/.cache/bertgen_jax/xla)")
     run.add_argument("--keep-checkpoints", type=int, default=3)
     run.add_argument("--eval-samples", type=int, default=0,
                      help="on eval, generate for this many eval sources and report BLEU / exact match")
@@ -134,9 +149,12 @@ def train_config_from_args(args):
         output_dir=args.output_dir, max_steps=args.max_steps, epochs=args.epochs, batch_size=args.batch_size,
         grad_accum=args.grad_accum, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio,
-        max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing, dropout=not args.no_dropout,
+        max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing,
+        labelled_lm_head=args.labelled_lm_head, dropout=not args.no_dropout,
         bf16=args.bf16, seed=args.seed, mesh=args.mesh, log_every=args.log_every, eval_every=args.eval_every,
-        save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
+        save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, eval_at_start=args.eval_at_start,
+        save_final_checkpoint=args.save_final_checkpoint, async_checkpoints=not args.sync_checkpoints,
+        compilation_cache=args.compilation_cache,
         resume={None: False, "must": True, "auto": "auto"}[args.resume],
         eval_samples=args.eval_samples, max_source_length=args.max_source_length,
         max_target_length=args.max_target_length,
@@ -145,7 +163,7 @@ def train_config_from_args(args):
 
 
 # Settings that may differ between the processes of one run (everything else must match).
-PER_PROCESS_SETTINGS = ("coordinator", "num_processes", "process_id", "no_progress")
+PER_PROCESS_SETTINGS = ("coordinator", "num_processes", "process_id", "no_progress", "compilation_cache")
 
 
 def _settings_to_compare(args) -> dict:

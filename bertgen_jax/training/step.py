@@ -45,18 +45,22 @@ def create_train_state(params, optimizer: optax.GradientTransformation, seed: in
                       rng=jax.random.PRNGKey(seed))
 
 
-def make_loss_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None):
+def make_loss_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None,
+                 labelled_only: bool = False, row_groups: int = 1):
     """The model's `loss_function`: `loss_sum(params, batch, dropout_rng) -> (sum of token losses, number
-    of label tokens)` for one micro-batch (leaves [B, T])."""
+    of label tokens)` for one micro-batch (leaves [B, T]). `labelled_only`: the LM head runs on labelled
+    positions only, gathered within each of `row_groups` groups of rows (the batch shards of the mesh)."""
     return model.loss_function(label_smoothing=label_smoothing, deterministic=deterministic,
-                               compute_dtype=compute_dtype)
+                               compute_dtype=compute_dtype, labelled_only=labelled_only, row_groups=row_groups)
 
 
-def make_grad_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None):
+def make_grad_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = True, compute_dtype=None,
+                 labelled_only: bool = False, row_groups: int = 1):
     """`grads(params, batch, rng) -> (mean loss, grads, label tokens)` over an accumulated batch
     (leaves [accum, B, T]): one forward/backward per micro-batch, summed, divided by the tokens."""
     grad_fn = jax.value_and_grad(make_loss_fn(model, label_smoothing=label_smoothing, deterministic=deterministic,
-                                              compute_dtype=compute_dtype), has_aux=True)
+                                              compute_dtype=compute_dtype, labelled_only=labelled_only,
+                                              row_groups=row_groups), has_aux=True)
 
     def grads(params, batch, rng):
         accum = batch["input_ids"].shape[0]
@@ -82,7 +86,8 @@ def make_grad_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = T
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, *, label_smoothing: float = 0.0,
-                    deterministic: bool = False, compute_dtype=None, state_sharding=None, batch_sharding=None):
+                    deterministic: bool = False, compute_dtype=None, state_sharding=None, batch_sharding=None,
+                    labelled_only: bool = False, row_groups: int = 1):
     """One jitted update `(state, batch) -> (state, metrics)`; `state` is donated (its buffers are
     reused for the new state, so do not touch the old one). No host sync inside.
 
@@ -90,7 +95,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *, label_smo
     clipping). With shardings given, the step runs under them (see `training.sharding`).
     """
     grads_fn = make_grad_fn(model, label_smoothing=label_smoothing, deterministic=deterministic,
-                            compute_dtype=compute_dtype)
+                            compute_dtype=compute_dtype, labelled_only=labelled_only, row_groups=row_groups)
 
     def train_step(state: TrainState, batch):
         rng, step_rng = jax.random.split(state.rng)
@@ -107,10 +112,12 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *, label_smo
     return jax.jit(train_step, **kwargs)
 
 
-def make_eval_step(model, *, compute_dtype=None, params_sharding=None, batch_sharding=None):
+def make_eval_step(model, *, compute_dtype=None, params_sharding=None, batch_sharding=None,
+                   labelled_only: bool = False, row_groups: int = 1):
     """Jitted `(params, batch) -> (sum of token cross-entropies, label tokens)` without dropout or
     label smoothing; sum over batches and divide for the eval loss."""
-    loss_sum = make_loss_fn(model, deterministic=True, compute_dtype=compute_dtype)
+    loss_sum = make_loss_fn(model, deterministic=True, compute_dtype=compute_dtype, labelled_only=labelled_only,
+                            row_groups=row_groups)
 
     def eval_step(params, batch):
         micro = {k: batch[k] for k in BATCH_KEYS}

@@ -2,7 +2,10 @@
 
 Output directory layout:
 
-    checkpoints/<step>/     orbax train state (params, optimizer state, step, rng) + data position
+    checkpoints/<step>/     orbax train state (params, optimizer state, step, rng) + data position: every
+                            `save_every` steps and at the end when saving periodically, on an interrupt,
+                            or with `save_final_checkpoint` (the exported model is the product; written
+                            in the background, waited for before the export and before returning)
     tensorboard/            event files (train/loss, train/lr, train/grad_norm, train/tokens_per_s,
                             eval/loss, eval/bleu, eval/exact_match, eval/samples)
     metrics.jsonl           every logged value, one JSON object per line
@@ -28,6 +31,7 @@ Training data: `TokenizedData` (read and tokenized up front, `data.BatchLoader`)
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -42,7 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models import release_freed_host_memory
+from ..compile_cache import enable_for_training
+from ..models import atomic_write_bytes, atomic_write_text, release_freed_host_memory
 from . import distributed
 from . import sharding as sh
 from .checkpoint import Checkpointer
@@ -70,13 +75,18 @@ class TrainConfig:
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
     label_smoothing: float = 0.0
+    labelled_lm_head: bool = False  # LM head + loss on labelled target positions only (models.loss_function)
     dropout: bool = True
     bf16: bool = False
     seed: int = 0
     mesh: Optional[str] = None  # "data=N,fsdp=M"
     log_every: int = 10
-    eval_every: int = 0  # 0: at the start and the end only
-    save_every: int = 0  # 0: at the end (and on Ctrl-C) only
+    eval_every: int = 0  # 0: at the end only (and at the start with eval_at_start)
+    eval_at_start: bool = False  # also evaluate before the first step (a baseline eval loss)
+    save_every: int = 0  # 0: no periodic checkpoints (an interrupted run still saves one to resume from)
+    save_final_checkpoint: bool = False  # a checkpoint at the end even with save_every 0 (to train on later)
+    async_checkpoints: bool = True  # write checkpoints in the background while training goes on
+    compilation_cache: Optional[str] = "auto"  # "auto": $BERTGEN_COMPILATION_CACHE or ~/.cache/...; "off"
     keep_checkpoints: int = 3
     resume: object = False  # False, True (a checkpoint must exist) or "auto" (resume if there is one)
     eval_batch_size: Optional[int] = None
@@ -148,6 +158,8 @@ class Trainer:
         self.step_callback = step_callback
         self.is_main = jax.process_index() == 0
         c = config
+        # Before anything of the step compiles: a second run with the same shapes loads it from disk.
+        self.compilation_cache_dir = enable_for_training(c.compilation_cache)
         self.mesh = sh.make_mesh(**sh.parse_mesh(c.mesh))
         divisor = sh.batch_divisor(self.mesh)
         for name, size in (("batch size", c.batch_size), ("eval batch size", c.eval_batch_size or c.batch_size)):
@@ -193,13 +205,14 @@ class Trainer:
         # Donated: the train state takes over model.params' buffers instead of holding a second copy
         # (model.params gets the trained values back at the end).
         self._init_state = jax.jit(init, out_shardings=self.state_sharding, donate_argnums=0)
+        # Each batch shard gathers its own labelled positions for the LM head (work stays on its devices).
         self.train_step = distributed.CompiledTogether(make_train_step(
             model, self.optimizer, label_smoothing=c.label_smoothing, deterministic=not c.dropout,
-            compute_dtype=compute_dtype, state_sharding=self.state_sharding, batch_sharding=self.batch_sharding),
-            "train_step")
+            compute_dtype=compute_dtype, state_sharding=self.state_sharding, batch_sharding=self.batch_sharding,
+            labelled_only=c.labelled_lm_head, row_groups=divisor), "train_step")
         self.eval_step = distributed.CompiledTogether(make_eval_step(
             model, compute_dtype=compute_dtype, params_sharding=self.state_sharding.params,
-            batch_sharding=self.batch_sharding), "eval_step")
+            batch_sharding=self.batch_sharding, labelled_only=c.labelled_lm_head, row_groups=divisor), "eval_step")
         self.history: list[dict] = []
         self._writer = None
         self._stop: Optional[_StopOnInterrupt] = None
@@ -320,9 +333,7 @@ class Trainer:
     def _open_writer(self, start_step: int) -> None:
         if not self.is_main:
             return
-        from tensorboardX import SummaryWriter
-
-        self._writer = SummaryWriter(self.path("tensorboard"), purge_step=start_step or None)
+        self._writer = _summary_writer_class()(self.path("tensorboard"), purge_step=start_step or None)
 
     # ------------------------------------------------------------------ eval
     def evaluate(self, params, step: int) -> tuple[Optional[float], dict]:
@@ -366,7 +377,8 @@ class Trainer:
     def train(self) -> TrainResult:
         c = self.config
         os.makedirs(c.output_dir, exist_ok=True)
-        checkpointer = Checkpointer(self.path("checkpoints"), max_to_keep=c.keep_checkpoints)
+        checkpointer = Checkpointer(self.path("checkpoints"), max_to_keep=c.keep_checkpoints,
+                                    asynchronous=c.async_checkpoints)
         try:
             return self._train(checkpointer)
         finally:
@@ -400,7 +412,7 @@ class Trainer:
         self._message(f"training {self.total_steps} steps ({len(self.loader)} batches of "
                       f"{self.loader.examples_per_batch} per epoch) on mesh {dict(self.mesh.shape)}; " + layout)
         eval_loss, scores = None, {}
-        if step == 0 and self.eval_loader is not None:
+        if step == 0 and c.eval_at_start and self.eval_loader is not None:
             eval_loss, scores = self.evaluate(state.params, step)
 
         batches = self.loader.batches(position)
@@ -472,7 +484,16 @@ class Trainer:
                 if close is not None:
                     close()
 
-        self._save(checkpointer, state, position)
+        if interrupted or c.save_every or c.save_final_checkpoint:  # what a resume (or a later run) starts from
+            self._save(checkpointer, state, position)
+        checkpointer.wait_until_finished()  # the checkpoints are on disk before the run reports success
+        # The optimizer state (2x the params) is not needed any more: free it before the host copy of
+        # the params, the final eval and the export, which would otherwise raise the peak memory.
+        for leaf in jax.tree_util.tree_leaves(state.opt_state):
+            if isinstance(leaf, jax.Array) and not leaf.is_deleted():
+                leaf.delete()
+        state = state.replace(opt_state=None)
+        self._live_state = state
         self.model.params = _to_host(state.params)
         export_dir = None
         if interrupted:
@@ -555,10 +576,27 @@ class Trainer:
         axes.grid(alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        tmp = path + ".tmp.png"
-        figure.savefig(tmp)
-        os.replace(tmp, path)
+        image = io.BytesIO()
+        figure.savefig(image, format="png")
+        atomic_write_bytes(path, image.getvalue())
         return path
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter without PyTorch: tensorboardX imports torch when it can (only to
+    accept torch tensors, which the trainer never logs), and torch costs some 300 MB of resident memory."""
+    import sys
+
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -569,10 +607,7 @@ def _read_jsonl(path: str) -> list[dict]:
 
 
 def _write_jsonl(path: str, entries: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(entry) + "\n" for entry in entries)
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(entry) + "\n" for entry in entries))
 
 
 def _local_batch_rows(sharding, accum: int, batch_size: int) -> list[int]:
