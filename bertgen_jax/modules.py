@@ -60,6 +60,30 @@ class QuantDense(nn.Dense):
         return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
+def fused_dense(module: nn.Module, names, inputs):
+    """The Dense layers `names` of `module` applied to the same `inputs` as ONE matmul:
+    inputs @ [W_a | W_b | ...] + [b_a | b_b | ...], split back into one output per layer.
+
+    The layers keep their own params (transformers' names and layout); only the call is fused. The
+    concatenation depends on the params alone, so inside the decoding `while_loop` XLA hoists it and
+    runs it once per generate. Init (which creates the params) and quantized kernels (QuantDense
+    dequantizes each at its call, see there) take the per-layer path.
+    """
+    layers = [getattr(module, name) for name in names]
+    if module.is_initializing():
+        return [layer(inputs) for layer in layers]
+    params = module.variables["params"]
+    if any(is_quantized_leaf(params[name]["kernel"]) for name in names):
+        return [layer(inputs) for layer in layers]
+    first = layers[0]
+    kernel = jnp.concatenate([params[name]["kernel"] for name in names], axis=1)
+    bias = jnp.concatenate([params[name]["bias"] for name in names])
+    inputs, kernel, bias = first.promote_dtype(inputs, kernel, bias, dtype=first.dtype)
+    y = jax.lax.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=first.precision)
+    y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+    return jnp.split(y, len(names), axis=-1)
+
+
 def _dense(config, features, dtype, param_dtype, name=None):
     # QuantDense is nn.Dense that also takes an int8/int4 kernel and dequantizes it at the call.
     return QuantDense(features, dtype=dtype, param_dtype=param_dtype, kernel_init=_normal(config),
@@ -132,19 +156,26 @@ class MultiHeadAttention(nn.Module):
         return x.reshape(batch, length, self.config.num_attention_heads, self.config.head_dim).transpose(0, 2, 1, 3)
 
     def project_key_value(self, states):
-        """Keys and values [B, heads, S, d] of `states` (used to fill caches once)."""
-        return self._split_heads(self.key(states)), self._split_heads(self.value(states))
+        """Keys and values [B, heads, S, d] of `states` (one matmul; used to fill caches once)."""
+        key, value = fused_dense(self, ("key", "value"), states)
+        return self._split_heads(key), self._split_heads(value)
+
+    def project_query_key_value(self, hidden):
+        """Queries, keys and values [B, heads, T, d] of `hidden` (self-attention: one matmul)."""
+        return tuple(self._split_heads(x) for x in fused_dense(self, ("query", "key", "value"), hidden))
 
     def __call__(self, hidden, key, value, bias, query_positions=None, key_positions=None,
-                 layer_head_mask=None, deterministic: bool = True):
+                 layer_head_mask=None, deterministic: bool = True, query=None):
         """Attend `hidden` [B, Tq, H] to `key`/`value` [B, heads, K, d].
 
         bias: additive float32 mask broadcastable to [B, heads, Tq, K].
         query_positions [Tq], key_positions [K]: int positions for relative scores.
+        query: the queries [B, heads, Tq, d] when already projected (`project_query_key_value`).
         Returns (context [B, Tq, H], probabilities [B, heads, Tq, K]).
         """
         c = self.config
-        query = self._split_heads(self.query(hidden))
+        if query is None:
+            query = self._split_heads(self.query(hidden))
         scores = jnp.einsum("bhqd,bhkd->bhqk", query, key).astype(jnp.float32)
         if self.relative:
             # distance = l - r, looked up at l - r + P - 1 (transformers' `distance_embedding`).
@@ -196,9 +227,9 @@ class Attention(nn.Module):
         self.output = DenseResidualNorm(self.config, self.dtype, self.param_dtype)
 
     def __call__(self, hidden, key, value, bias, query_positions=None, key_positions=None,
-                 layer_head_mask=None, deterministic: bool = True):
+                 layer_head_mask=None, deterministic: bool = True, query=None):
         context, probs = self.self(hidden, key, value, bias, query_positions, key_positions,
-                                   layer_head_mask, deterministic)
+                                   layer_head_mask, deterministic, query=query)
         return self.output(context, hidden, deterministic), probs
 
 
@@ -243,7 +274,7 @@ class Layer(nn.Module):
     def __call__(self, hidden, self_bias, query_positions, key_positions, self_cache=None, cache_index=None,
                  cross_kv=None, cross_bias=None, layer_head_mask=None, deterministic: bool = True):
         """Returns (hidden, new_self_cache or None, self_probs, cross_probs or None)."""
-        key, value = self.attention.self.project_key_value(hidden)
+        query, key, value = self.attention.self.project_query_key_value(hidden)
         new_cache = None
         if self_cache is not None:
             # Write the new keys/values at the cache index; attend over the whole fixed-size cache.
@@ -253,7 +284,7 @@ class Layer(nn.Module):
                                                  (0, 0, cache_index, 0))
             new_cache = {"key": key, "value": value}
         hidden, self_probs = self.attention(hidden, key, value, self_bias, query_positions, key_positions,
-                                            layer_head_mask, deterministic)
+                                            layer_head_mask, deterministic, query=query)
         cross_probs = None
         if cross_kv is not None:
             hidden, cross_probs = self.crossattention(hidden, cross_kv[0], cross_kv[1], cross_bias,

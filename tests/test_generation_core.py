@@ -501,3 +501,22 @@ def test_prompt_and_cache_validation():
     with pytest.raises(ValueError, match="leading batch dim"):
         gen.generate(_stub_tokens_to_logits, jnp.zeros((12, 12)), bad_cache, np.zeros((2, 1), np.int32),
                      max_length=5)
+
+
+def test_greedy_choice_is_the_first_maximum_as_torch_argmax():
+    """Greedy search picks tokens with two plain reductions (max, then the smallest index holding it),
+    not jnp.argmax (slow on XLA CPU): same answer on ties, -inf rows, +inf and NaN as torch.argmax."""
+    from bertgen_jax.generation.loop import _argmax
+
+    rs = np.random.RandomState(3)
+    scores = rs.randint(-3, 4, size=(12, 50)).astype(np.float32)  # many ties
+    scores[1] = -np.inf
+    scores[2, [7, 30]] = np.inf
+    scores[3, [5, 9]] = np.nan
+    scores[4, 0] = np.nan
+    scores[5, [11, 40]] = [np.inf, np.nan]
+    scores[6] = rs.randn(50).astype(np.float32)
+    ours = np.asarray(jax.jit(_argmax)(jnp.asarray(scores)))
+    assert ours.dtype == np.int32
+    np.testing.assert_array_equal(ours, torch.argmax(torch.from_numpy(scores), dim=-1).numpy())
+    np.testing.assert_array_equal(ours, np.asarray(jnp.argmax(jnp.asarray(scores), axis=-1)))

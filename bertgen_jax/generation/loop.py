@@ -178,6 +178,16 @@ def _process(scores, sequences, cur_len, prompt_len: int, knobs, opts: _Options)
     return scores
 
 
+def _argmax(scores):
+    """`jnp.argmax(scores, axis=-1)` (the first maximum; a NaN counts as the maximum) as two plain
+    reductions, max then the smallest index holding it: XLA CPU vectorises those, where argmax's
+    (value, index) pair reduction runs ~10x slower (~85 us per row of a 30k vocabulary)."""
+    best = jnp.max(scores, axis=-1, keepdims=True)
+    hit = (scores == best) | jnp.isnan(scores)
+    index = lax.broadcasted_iota(jnp.int32, scores.shape, scores.ndim - 1)
+    return jnp.min(jnp.where(hit, index, scores.shape[-1]), axis=-1)
+
+
 def _is_eos(tokens, eos_ids):
     if eos_ids.shape[0] == 0:
         return jnp.zeros(tokens.shape, bool)
@@ -246,7 +256,7 @@ def _decode(params, cache, prompt_ids, knobs, rng, *, tokens_to_logits, options:
         if opts.method == "sample":
             next_tokens = jax.random.categorical(step_rng, scores, axis=-1).astype(jnp.int32)
         else:
-            next_tokens = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+            next_tokens = _argmax(scores)
         if has_eos:
             next_tokens = jnp.where(s.unfinished, next_tokens, pad_id)
         sequences = lax.dynamic_update_slice(s.sequences, next_tokens[:, None], (jnp.int32(0), cur_len))
