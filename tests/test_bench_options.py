@@ -80,12 +80,16 @@ import argparse, sys, torch, transformers
 sys.path.insert(0, {os.path.dirname(common.TORCH_SIDE)!r})
 import torch_side
 args = argparse.Namespace(output_dir={str(tmp_path)!r}, batch_size=16, steps=150, learning_rate=2e-4,
-                          weight_decay=0.01, warmup_steps=15, log_every=25, seed=0, dtype="float32")
+                          weight_decay=0.01, warmup_steps=15, log_every=25, seed=0, dtype="float32",
+                          sampler="group_by_length")
 parsed = transformers.Seq2SeqTrainingArguments(**torch_side.trainer_arguments(args, torch.device("cpu")))
 grouped = getattr(parsed, "group_by_length", None) or getattr(parsed, "train_sampling_strategy", None)
-print(str(parsed.eval_strategy).split(".")[-1].lower(), str(parsed.save_strategy).split(".")[-1].lower(), grouped,
+args.sampler = "random"
+shuffled = transformers.Seq2SeqTrainingArguments(**torch_side.trainer_arguments(args, torch.device("cpu")))
+print(getattr(shuffled, "group_by_length", False) or getattr(shuffled, "train_sampling_strategy", "random"),
+      str(parsed.eval_strategy).split(".")[-1].lower(), str(parsed.save_strategy).split(".")[-1].lower(), grouped,
       parsed.per_device_train_batch_size, parsed.max_steps, parsed.warmup_steps, "bertgen_jax" in sys.modules,
       "jax" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
-    assert out.stdout.split() == ["no", "no", "True", "16", "150", "15", "False", "False"], out.stderr
+    assert out.stdout.split() == ["random", "no", "no", "True", "16", "150", "15", "False", "False"], out.stderr

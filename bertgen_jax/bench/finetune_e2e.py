@@ -76,7 +76,7 @@ def transformers_command(args, data: dict, output_dir: str, warmup_steps: int) -
                          "--batch-size", args.batch_size, "--steps", args.steps, "--learning-rate",
                          args.learning_rate, "--weight-decay", args.weight_decay, "--warmup-steps", warmup_steps,
                          "--log-every", args.log_every, "--seed", args.seed, "--device", args.device,
-                         "--dtype", args.dtype)
+                         "--dtype", args.dtype, "--sampler", args.trainer_sampler)
 
 
 def mean_label_tokens(path: str) -> float:
@@ -171,6 +171,11 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="keep the data, both runs and their models here (default: a temporary directory)")
     parser.add_argument("--markdown", default=None, help="also write the table here")
+    parser.add_argument("--trainer-sampler", choices=("group_by_length", "random"), default="group_by_length",
+                        help="the Trainer's sampler. group_by_length (its fastest) hands out each block of 46 "
+                             "batches longest first, in order: on this data that is a curriculum (source length "
+                             "nearly decides the kind of pair), which changes the final loss, not only the speed; "
+                             "random shuffles batches as bertgen train does, for a like-for-like loss")
     parser.add_argument("--warm-cache", action="store_true",
                         help="also time a second bertgen train run with the compilation cache the first one filled")
     add_run_arguments(parser)

@@ -199,10 +199,11 @@ def trainer_arguments(args, device) -> dict:
         logging_steps=args.log_every, report_to="none", disable_tqdm=True, seed=args.seed,
         dataloader_num_workers=0, use_cpu=device.type == "cpu", bf16=args.dtype == "bfloat16",
     )
-    if "train_sampling_strategy" in accepted:
-        settings["train_sampling_strategy"] = "group_by_length"
-    else:
-        settings["group_by_length"] = True
+    if args.sampler == "group_by_length":
+        if "train_sampling_strategy" in accepted:
+            settings["train_sampling_strategy"] = "group_by_length"
+        else:
+            settings["group_by_length"] = True
     if "eval_strategy" not in accepted:  # transformers < 4.41
         settings["evaluation_strategy"] = settings.pop("eval_strategy")
     return settings
@@ -352,6 +353,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", choices=("group_by_length", "random"), default="group_by_length")
     parser.add_argument("--models", nargs="*", default=[])
     parser.add_argument("--names", nargs="*", default=[])
     parser.add_argument("--texts")
