@@ -272,6 +272,23 @@ def test_batches_are_bucketed_deterministic_and_resumable(copy_task):
     assert np.array_equal(next(loader.batches(position))[1]["labels"], run[20][1]["labels"])
 
 
+def test_length_grouping_can_be_turned_off(copy_task):
+    # One pool per batch: batch compositions are consecutive slices of the epoch's permutation (what a
+    # plain shuffled sampler gives); 50 batches per pool: lengths are sorted within each pool first.
+    tokenizer = AutoTokenizer.from_pretrained(copy_task["tokenizer"])
+    data = load_pairs(copy_task["train"], tokenizer, decoder_start_token_id=2, progress=False)
+    lengths = np.asarray([max(len(s), len(t)) for s, t in zip(data.sources, data.labels)])
+    plain = BatchLoader(data, batch_size=8, seed=3, pad_token_id=0, pool_batches=1).epoch_order(0)
+    permutation = np.random.default_rng([3, 0]).permutation(len(data))
+    assert sorted(tuple(sorted(b)) for b in plain) == sorted(tuple(sorted(permutation[i:i + 8]))
+                                                             for i in range(0, len(data), 8))
+    grouped = BatchLoader(data, batch_size=8, seed=3, pad_token_id=0).epoch_order(0)
+    spread = lambda batches: np.mean([np.ptp(lengths[b]) for b in batches])  # noqa: E731
+    assert spread(grouped) < spread(plain)
+    with pytest.raises(ValueError, match="length_group_batches"):
+        Trainer(None, None, data, TrainConfig(output_dir="unused", length_group_batches=0, compilation_cache="off"))
+
+
 def test_fusion_data_set_is_deterministic_disjoint_and_loads(tmp_path, minilm_dir):
     from bertgen_jax.data import fusion_splits, write_fusion_dataset
 

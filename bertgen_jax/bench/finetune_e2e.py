@@ -63,6 +63,8 @@ def bertgen_command(args, data: dict, output_dir: str, warmup_steps: int) -> lis
                "--max-steps", str(args.steps), "--learning-rate", str(args.learning_rate), "--weight-decay",
                str(args.weight_decay), "--warmup-steps", str(warmup_steps), "--max-grad-norm", "1.0",
                "--seed", str(args.seed), "--log-every", str(args.log_every), "--save-every", "0", "--no-progress"]
+    if args.trainer_sampler == "random":  # both sides draw plain shuffled batches
+        command += ["--length-group-batches", "1"]
     if args.architecture == "bert-generation":
         command.append("--bert-generation-pair")
     if args.dtype == "bfloat16":
@@ -175,7 +177,8 @@ def main(argv=None) -> int:
                         help="the Trainer's sampler. group_by_length (its fastest) hands out each block of 46 "
                              "batches longest first, in order: on this data that is a curriculum (source length "
                              "nearly decides the kind of pair), which changes the final loss, not only the speed; "
-                             "random shuffles batches as bertgen train does, for a like-for-like loss")
+                             "random: plain shuffled batches, and bertgen train then runs with --length-group-batches 1 (the same "
+                             "kind of batches on both sides, for a like-for-like loss)")
     parser.add_argument("--warm-cache", action="store_true",
                         help="also time a second bertgen train run with the compilation cache the first one filled")
     add_run_arguments(parser)

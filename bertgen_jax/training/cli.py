@@ -54,6 +54,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data.add_argument("--max-target-length", type=int, default=128)
     data.add_argument("--pad-to-multiple-of", type=int, default=8,
                       help="pad batch lengths to multiples of this (larger: fewer shapes to compile)")
+    data.add_argument("--length-group-batches", type=int, default=50, metavar="N",
+                      help="sort each pool of N batches by length so that similar lengths share a batch, then "
+                           "shuffle the batches (less padding); 1: plain shuffled batches. Grouping changes which "
+                           "examples meet in a batch, and so the training, where length tracks the kind of example")
 
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--output-dir", required=True, help="checkpoints, logs, loss curve and the exported model")
@@ -158,7 +162,7 @@ def train_config_from_args(args):
         resume={None: False, "must": True, "auto": "auto"}[args.resume],
         eval_samples=args.eval_samples, max_source_length=args.max_source_length,
         max_target_length=args.max_target_length,
-        pad_to_multiple_of=args.pad_to_multiple_of,
+        pad_to_multiple_of=args.pad_to_multiple_of, length_group_batches=args.length_group_batches,
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, progress=not args.no_progress)
 
 

@@ -91,6 +91,7 @@ class TrainConfig:
     resume: object = False  # False, True (a checkpoint must exist) or "auto" (resume if there is one)
     eval_batch_size: Optional[int] = None
     pad_to_multiple_of: int = 8  # padded lengths (see data.bucket_length): larger -> fewer compiled shapes
+    length_group_batches: int = 50  # batches per length-sorted pool (1: plain shuffled batches, no grouping)
     eval_samples: int = 0  # > 0: generate for this many eval sources and score them (needs model.generate)
     max_source_length: int = 128
     max_target_length: int = 128  # streamed data is tokenized with these limits
@@ -162,6 +163,8 @@ class Trainer:
         self.compilation_cache_dir = enable_for_training(c.compilation_cache)
         self.mesh = sh.make_mesh(**sh.parse_mesh(c.mesh))
         divisor = sh.batch_divisor(self.mesh)
+        if c.length_group_batches < 1:
+            raise ValueError(f"length_group_batches must be at least 1, got {c.length_group_batches}")
         for name, size in (("batch size", c.batch_size), ("eval batch size", c.eval_batch_size or c.batch_size)):
             if size % divisor:
                 raise ValueError(f"{name} {size} must be a multiple of data x fsdp = {divisor} (the mesh "
@@ -180,13 +183,14 @@ class Trainer:
                 train_data, tokenizer, batch_size=c.batch_size, accum=c.grad_accum, seed=c.seed, pad_token_id=pad_id,
                 pad_to_multiple_of=c.pad_to_multiple_of, max_source_length=c.max_source_length,
                 max_target_length=c.max_target_length, decoder_start_token_id=model.config.decoder_start_token_id,
-                local_rows=self.local_rows)
+                local_rows=self.local_rows, pool_batches=c.length_group_batches)
             # Padding never goes past what the model's position tables hold.
             self._length_caps = (min(c.max_source_length, _max_positions(model.config.encoder)),
                                  min(c.max_target_length, _max_positions(model.config.decoder)))
         else:
             self.loader = BatchLoader(train_data, batch_size=c.batch_size, accum=c.grad_accum, seed=c.seed,
-                                      pad_token_id=pad_id, pad_to_multiple_of=c.pad_to_multiple_of)
+                                      pad_token_id=pad_id, pad_to_multiple_of=c.pad_to_multiple_of,
+                                      pool_batches=c.length_group_batches)
         self.eval_loader = None if eval_data is None else BatchLoader(
             eval_data, batch_size=c.eval_batch_size or c.batch_size, seed=c.seed, shuffle=False, pad_token_id=pad_id,
             pad_to_multiple_of=c.pad_to_multiple_of)
