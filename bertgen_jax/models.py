@@ -431,8 +431,8 @@ class BertGenerationEncoder(_FlaxModel):
     def _export_tree(self):
         return tree_to_state_dict(self.params)
 
-    def _config_for_save(self):
-        return _architectures(self.config, "BertGenerationEncoder")
+    def _config_for_save(self):  # subclasses (BertModel, BertLMHeadModel, ...) save under their own name
+        return _architectures(self.config, type(self).__name__)
 
     def _forward(self, params, input_ids, attention_mask, position_ids, head_mask, dropout_rng, *,
                  deterministic, output_hidden_states, output_attentions):
@@ -478,8 +478,8 @@ class BertGenerationDecoder(_FlaxModel):
     def _export_tree(self):
         return tree_to_state_dict(self.params)
 
-    def _config_for_save(self):
-        return _architectures(self.config, "BertGenerationDecoder")
+    def _config_for_save(self):  # subclasses (BertModel, BertLMHeadModel, ...) save under their own name
+        return _architectures(self.config, type(self).__name__)
 
     def _forward(self, params, input_ids, attention_mask, position_ids, encoder_hidden_states,
                  encoder_attention_mask, labels, head_mask, cache, dropout_rng, *, deterministic,
@@ -898,9 +898,6 @@ class BertModel(BertGenerationEncoder):
 
         return family_encoder_layout(state_dict, self.config, report)
 
-    def _config_for_save(self):
-        return self.config.copy(architectures=[type(self).__name__])
-
     def _forward(self, params, input_ids, attention_mask, position_ids, head_mask, dropout_rng, token_type_ids=None,
                  *, deterministic, output_hidden_states, output_attentions):
         out = self.module.apply({"params": self._module_params(params)}, input_ids, attention_mask, position_ids,
@@ -950,9 +947,6 @@ class BertLMHeadModel(BertGenerationDecoder):
         from converters.family_layouts import family_decoder_layout
 
         return family_decoder_layout(state_dict, self.config, report)
-
-    def _config_for_save(self):
-        return self.config.copy(architectures=[type(self).__name__])
 
     def _generation_cache(self, params, attention_mask, *, max_length):
         return self.module.apply({"params": self._module_params(params)}, attention_mask.shape[0], max_length, None,

@@ -159,12 +159,12 @@ class Trainer:
         self.step_callback = step_callback
         self.is_main = jax.process_index() == 0
         c = config
+        if c.length_group_batches < 1:
+            raise ValueError(f"length_group_batches must be at least 1, got {c.length_group_batches}")
         # Before anything of the step compiles: a second run with the same shapes loads it from disk.
         self.compilation_cache_dir = enable_for_training(c.compilation_cache)
         self.mesh = sh.make_mesh(**sh.parse_mesh(c.mesh))
         divisor = sh.batch_divisor(self.mesh)
-        if c.length_group_batches < 1:
-            raise ValueError(f"length_group_batches must be at least 1, got {c.length_group_batches}")
         for name, size in (("batch size", c.batch_size), ("eval batch size", c.eval_batch_size or c.batch_size)):
             if size % divisor:
                 raise ValueError(f"{name} {size} must be a multiple of data x fsdp = {divisor} (the mesh "
