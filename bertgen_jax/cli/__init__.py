@@ -13,12 +13,23 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import bench, convert, demo, export, generate, parity, serve, train
-from .common import model_class_for
+import importlib
 
-COMMANDS = (convert, parity, generate, train, bench, demo, export, serve)
+# Imported when first needed, so that `python -m bertgen_jax.cli` can re-execute itself (bertgen_jax.launch)
+# before JAX is loaded.
+COMMAND_MODULES = ("convert", "parity", "generate", "train", "bench", "demo", "export", "serve")
 
 __all__ = ["COMMANDS", "build_parser", "main", "model_class_for"]
+
+
+def __getattr__(name: str):
+    if name == "COMMANDS":
+        return tuple(importlib.import_module(f".{module}", __name__) for module in COMMAND_MODULES)
+    if name == "model_class_for":
+        from .common import model_class_for
+
+        return model_class_for
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="BertGeneration (bert2bert, roberta2roberta) in JAX/Flax: convert checkpoints, check parity "
                     "with PyTorch transformers, generate text, fine-tune, benchmark.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in COMMANDS:
+    for command in __getattr__("COMMANDS"):
         command_parser = sub.add_parser(command.NAME, help=command.HELP, description=command.DESCRIPTION)
         command.add_arguments(command_parser)
         command_parser.set_defaults(func=command.run)
