@@ -5,6 +5,8 @@ BertGeneration, BERT and RoBERTa heads (tied and untied), several row groups and
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,3 +125,34 @@ def test_labelled_lm_loss_over_several_chunks(chunk_rows, vocab_major):
     assert abs(float(value) - float(expected)) <= TOL * abs(float(expected))
     for a, b in zip(grads, expected_grads):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=TOL, atol=TOL)
+
+
+def test_dropout_masks_come_from_the_rng_bit_generator(save_dir):
+    """The training step draws its dropout masks with XLA's RngBitGenerator (`unsafe_rbg` keys): threefry runs
+    only to derive one key per micro-batch, not at every dropout site (that inlined hash was half the step's
+    compile time). Dropout still acts, and is a function of the step's key."""
+    import optax
+
+    from bertgen_jax.training.step import create_train_state, make_grad_fn, make_train_step
+
+    tm = tiny_encoder_decoder(seed=3, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    tm.save_pretrained(save_dir("m"))
+    model = EncoderDecoderModel.from_pretrained(save_dir("m"))
+    micro = _batch(seed=5)
+    stacked = {k: v[None] for k, v in micro.items()}
+    optimizer = optax.adamw(1e-3)
+    state = create_train_state(model.params, optimizer)
+    lowered = make_train_step(model, optimizer).lower(state, stacked).as_text()
+    dropout_sites = 2 * model.config.encoder.num_hidden_layers + 3 * model.config.decoder.num_hidden_layers + 2
+    assert lowered.count("rng_bit_generator") >= dropout_sites
+    # threefry only splits the state key and derives the dropout key (a fixed handful of calls, nested ones
+    # counted), whatever the number of dropout sites.
+    assert len(re.findall(r"call @_?threefry", lowered)) <= 6 < dropout_sites
+
+    grads = jax.jit(make_grad_fn(model, deterministic=False))
+    loss_a = float(grads(model.params, stacked, jax.random.PRNGKey(0))[0])
+    loss_a_again = float(grads(model.params, stacked, jax.random.PRNGKey(0))[0])
+    loss_b = float(grads(model.params, stacked, jax.random.PRNGKey(1))[0])
+    loss_off = float(jax.jit(make_grad_fn(model, deterministic=True))(model.params, stacked, jax.random.PRNGKey(0))[0])
+    assert loss_a == loss_a_again
+    assert loss_a != loss_b and loss_a != loss_off and loss_b != loss_off
