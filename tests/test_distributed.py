@@ -188,12 +188,14 @@ def test_sigint_to_one_process_stops_both_with_one_checkpoint_and_resume_matches
 
 
 @pytest.mark.slow
-def test_sigkill_of_one_process_makes_the_other_exit_naming_it(task):
+def test_sigkill_of_one_process_makes_the_other_exit_naming_it_and_resume_recovers(task, straight):
     out = task["root"] / "killed"
     run = launch_with_flags(task, out, "--save-every", "4")
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().count("train/loss") >= 2):
+    # Killed after the step-4 checkpoint is on disk and a step or more past it.
+    while time.monotonic() < deadline and not ((out / "checkpoints" / "4").is_dir() and metrics.exists()
+                                               and metrics.read_text().count("train/loss") >= 5):
         assert all(p.poll() is None for p in run.procs), run.output()
         time.sleep(0.02)
     killed = time.monotonic()
@@ -204,6 +206,14 @@ def test_sigkill_of_one_process_makes_the_other_exit_naming_it(task):
     last = [line for line in run.output(0).splitlines() if line.strip()][-1]
     assert last.startswith("bertgen train: error: lost peer process 1 of 2"), run.output(0)[-3000:]
     print(f"SIGKILL of process 1: process 0 exited {codes[0]} after {took:.1f} s: {last[:120]}")
+
+    # The lost run resumes on 2 processes from its newest intact checkpoint to the straight run's weights.
+    resumed = launch_with_flags(task, out, "--save-every", "4", "--resume", log_name="resume-logs")
+    assert resumed.wait(300) == [0, 0], resumed.output()
+    assert "resumed from step" in resumed.output(0), resumed.output(0)[-3000:]
+    diff = max_weight_diff(exported_weights(out), straight)
+    print(f"resumed after SIGKILL vs straight single device: max |diff| {diff:.2e}")
+    assert diff < 2e-5, diff
 
 
 @pytest.mark.slow
