@@ -13,6 +13,9 @@ latency of a single in-process `generate` call (the exported model, batch 1) on 
     python benchmarks/serve.py                                # minilm (the shipped weights, warm-started)
     python benchmarks/serve.py --sizes minilm base --markdown bench_out/serve.md
     python benchmarks/serve.py --torch-python ENV/bin/python      # transformers from another environment
+    python benchmarks/serve.py --workdir bench_out/serve          # keep the export and transformers' answers
+    python benchmarks/serve.py --workdir bench_out/serve --server-only --clients 32 \
+        --server-env GLIBC_TUNABLES=glibc.malloc.hugetlb=1          # then only the server, e.g. for an A/B
 
 GPU run (one command, ~3 minutes on one GPU; the server's JAX on the GPU, bfloat16 weights on both sides):
 
