@@ -13,6 +13,9 @@ latency of a single in-process `generate` call (the exported model, batch 1) on 
     python benchmarks/serve.py                                # minilm (the shipped weights, warm-started)
     python benchmarks/serve.py --sizes minilm base --markdown bench_out/serve.md
     python benchmarks/serve.py --torch-python ENV/bin/python      # transformers from another environment
+    python benchmarks/serve.py --workdir bench_out/serve          # keep the export and transformers' answers
+    python benchmarks/serve.py --workdir bench_out/serve --server-only --clients 32 \
+        --server-env GLIBC_TUNABLES=glibc.malloc.hugetlb=1          # then only the server, e.g. for an A/B
 
 GPU run (one command, ~3 minutes on one GPU; the server's JAX on the GPU, bfloat16 weights on both sides):
 
@@ -22,6 +25,7 @@ GPU run (one command, ~3 minutes on one GPU; the server's JAX on the GPU, bfloat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -69,12 +73,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(export_dir: str, env: dict):
+def start_server(export_dir: str, env: dict, extra_args=()):
     import httpx
 
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "bertgen_jax.cli", "serve", "--model", export_dir, "--port",
-                                str(port), "--warmup", "--batch-window-ms", "5", "--max-queue", "4096"],
+                                str(port), "--warmup", "--batch-window-ms", "5", "--max-queue", "4096",
+                                *extra_args],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 3600
@@ -129,57 +134,74 @@ def run_size(size: str, clients_list, log, args) -> tuple[list, dict]:
     rows = []
     # num_beams=1 explicitly: transformers' text2text pipeline otherwise defaults to beam search (4 beams).
     parameters = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "num_beams": 1}
-    with tempfile.TemporaryDirectory() as workdir:
+    with (contextlib.nullcontext(os.path.join(args.workdir, size)) if args.workdir
+          else tempfile.TemporaryDirectory()) as workdir:
+        os.makedirs(workdir, exist_ok=True)
         # The server loads the programs this process compiled from JAX's persistent cache.
         os.environ.setdefault("BERTGEN_COMPILATION_CACHE", os.path.join(workdir, "xla"))
         from bertgen_jax import enable_persistent_compilation_cache
 
         enable_persistent_compilation_cache(os.environ["BERTGEN_COMPILATION_CACHE"])
         model_dir, export_dir = os.path.join(workdir, "model"), os.path.join(workdir, "export")
-        run_json("building the model", torch_command(args.torch_python, "build", "--size", size, "--minilm-dir",
-                                                     shipped_minilm_dir(), "--save-to", model_dir))
+        reuse = os.path.isfile(os.path.join(export_dir, "bertgen_export.json"))
+        if not reuse:
+            run_json("building the model", torch_command(args.torch_python, "build", "--size", size, "--minilm-dir",
+                                                         shipped_minilm_dir(), "--save-to", model_dir))
         tokenizer = AutoTokenizer.from_pretrained(shipped_minilm_dir())
-        tokenizer.save_pretrained(model_dir)
+        if not reuse:
+            tokenizer.save_pretrained(model_dir)
         texts = make_texts(tokenizer, NUM_REQUESTS)
         lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
         log(f"[{size}] {len(texts)} requests, input tokens {min(lengths)}..{max(lengths)} "
             f"(mean {np.mean(lengths):.0f})")
 
         started = time.perf_counter()
-        export_model(model_dir, export_dir, batch_sizes=BATCH_SIZES, max_input_length=MAX_TOKENS,
-                     option_sets=[parameters], platforms=("cuda" if args.device == "gpu" else "cpu",),
-                     dtype=jax_dtype(args.dtype))
-        log(f"[{size}] exported in {time.perf_counter() - started:.1f} s")
+        if reuse:
+            log(f"[{size}] reusing the export in --workdir")
+        else:
+            export_model(model_dir, export_dir, batch_sizes=BATCH_SIZES, max_input_length=MAX_TOKENS,
+                         option_sets=[parameters], platforms=("cuda" if args.device == "gpu" else "cpu",),
+                         dtype=jax_dtype(args.dtype))
+            log(f"[{size}] exported in {time.perf_counter() - started:.1f} s")
 
         # transformers' pipeline, batch_size=8 (its best batched setting here), after a warm-up batch.
-        texts_file = os.path.join(workdir, "texts.json")
-        with open(texts_file, "w", encoding="utf-8") as handle:
-            json.dump(texts, handle)
-        theirs = run_json("the transformers side", torch_command(
-            args.torch_python, "serve", "--model-dir", model_dir, "--texts", texts_file, "--parameters",
-            json.dumps(parameters), "--device", args.device, "--dtype", args.dtype))
+        texts_file, theirs_file = os.path.join(workdir, "texts.json"), os.path.join(workdir, "transformers.json")
+        if args.server_only and os.path.isfile(theirs_file):
+            with open(theirs_file, encoding="utf-8") as handle:
+                theirs = json.load(handle)
+            log(f"[{size}] --server-only: transformers' figures of an earlier run in --workdir")
+        else:
+            with open(texts_file, "w", encoding="utf-8") as handle:
+                json.dump(texts, handle)
+            theirs = run_json("the transformers side", torch_command(
+                args.torch_python, "serve", "--model-dir", model_dir, "--texts", texts_file, "--parameters",
+                json.dumps(parameters), "--device", args.device, "--dtype", args.dtype))
+            with open(theirs_file, "w", encoding="utf-8") as handle:
+                json.dump(theirs, handle)
         torch_s, torch_answers = theirs["seconds"], theirs["answers"]
         torch_tps = NUM_REQUESTS * NEW_TOKENS / torch_s
         log(f"[{size}] {theirs['how']} ({versions_line(theirs)}): {torch_s:.1f} s, {torch_tps:.0f} tokens/s")
         rows.append((size, theirs["how"], "-", NUM_REQUESTS / torch_s, torch_tps, None, None, 1.0))
 
-        # A single in-process generate call per input (exported model, batch 1): the latency floor.
-        exported = load_exported(export_dir)
-        exported.warmup()
-        single = []
-        for text in texts[:64]:
-            started = time.perf_counter()
-            exported.generate(text, **parameters)
-            single.append(time.perf_counter() - started)
-        log(f"[{size}] single generate call: p50 {percentile(single, 50) * 1e3:.0f} ms, "
-            f"p99 {percentile(single, 99) * 1e3:.0f} ms")
-        rows.append((size, "one generate call in-process (batch 1)", "-", None, None, percentile(single, 50),
-                     percentile(single, 99), None))
-        del exported
+        if not args.server_only:
+            # A single in-process generate call per input (exported model, batch 1): the latency floor.
+            exported = load_exported(export_dir)
+            exported.warmup()
+            single = []
+            for text in texts[:64]:
+                started = time.perf_counter()
+                exported.generate(text, **parameters)
+                single.append(time.perf_counter() - started)
+            log(f"[{size}] single generate call: p50 {percentile(single, 50) * 1e3:.0f} ms, "
+                f"p99 {percentile(single, 99) * 1e3:.0f} ms")
+            rows.append((size, "one generate call in-process (batch 1)", "-", None, None, percentile(single, 50),
+                         percentile(single, 99), None))
+            del exported
 
         env = jax_env(args.device)
+        env.update(dict(item.split("=", 1) for item in args.server_env))
         started = time.perf_counter()
-        process, url = start_server(export_dir, env)
+        process, url = start_server(export_dir, env, args.server_arg)
         log(f"[{size}] server up (all {len(BATCH_SIZES) * 4} programs compiled) in "
             f"{time.perf_counter() - started:.1f} s")
         try:
@@ -226,8 +248,21 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", nargs="+", default=["minilm"], choices=("minilm", "base"))
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)))
     parser.add_argument("--markdown", default=None, help="also write the table here")
+    parser.add_argument("--workdir", default=None,
+                        help="keep the model, export and transformers' answers here and reuse them on the next run "
+                             "(default: a temporary directory)")
+    parser.add_argument("--server-only", action="store_true",
+                        help="measure only the server (transformers' figures from an earlier run in --workdir)")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="one more argument for `bertgen serve` (repeatable), e.g. --server-arg=--max-batch-size=16")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="one more environment variable for the server process (repeatable)")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
+    if args.server_only and not args.workdir:
+        parser.error("--server-only needs --workdir (where an earlier run left the export and transformers' answers)")
+    if any("=" not in item for item in args.server_env):
+        parser.error("--server-env takes NAME=VALUE")
     clients = [int(c) for c in args.clients.split(",")]
     use_jax_device(args.device)
     rows, torch_info = [], None

@@ -216,3 +216,53 @@ def test_batcher_runs_a_failing_request_alone():
     assert results[0] == ["A", "B"] and results[2] == ["C"]
     assert isinstance(results[1], ValueError)
     assert calls[:4] == [["a", "b", "bad", "c"], ["a", "b"], ["bad"], ["c"]]
+
+
+def _batches_of(arrivals_s, *, window_s, max_wait_s, max_batch=32, run_s=0.0):
+    """Submit one row at each offset of `arrivals_s` (seconds from the start); returns the rows of each
+    generate call, in order. `run_s`: how long each call takes."""
+    calls = []
+
+    def run(key, payload, rows):
+        calls.append(list(rows))
+        time.sleep(run_s)
+        return rows
+
+    async def scenario():
+        batcher = Batcher(run, max_batch=max_batch, window_s=window_s, max_queue=64, max_wait_s=max_wait_s)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def one(index, offset):
+            await asyncio.sleep(max(0.0, start + offset - loop.time()))
+            return await batcher.submit("k", None, [index])
+
+        results = await asyncio.gather(*(one(i, t) for i, t in enumerate(arrivals_s)))
+        await batcher.drain_and_stop()
+        assert results == [[i] for i in range(len(arrivals_s))]
+
+    asyncio.run(scenario())
+    return calls
+
+
+def test_batch_stays_open_while_requests_keep_arriving_up_to_the_max_wait():
+    """Arrivals 60 ms apart with a 150 ms window: one call, though the last comes 240 ms after the
+    first (the window counts from the latest arrival); a 300 ms max wait then cuts a longer stream."""
+    assert _batches_of([0.0, 0.06, 0.12, 0.18, 0.24], window_s=0.15, max_wait_s=1.0) == [[0, 1, 2, 3, 4]]
+    calls = _batches_of([0.06 * i for i in range(10)], window_s=0.15, max_wait_s=0.3)
+    assert len(calls) >= 2 and calls[0][0] == 0 and len(calls[0]) < 10
+    assert sorted(row for call in calls for row in call) == list(range(10))
+    # Without a max wait the window is fixed from the first arrival, as before.
+    assert _batches_of([0.0, 0.1, 0.2], window_s=0.15, max_wait_s=None)[0] == [0, 1]
+    # A lone request leaves after one window.
+    assert _batches_of([0.0], window_s=0.05, max_wait_s=1.0) == [[0]]
+    with pytest.raises(ValueError):
+        Batcher(lambda k, p, r: r, max_batch=8, window_s=0.01, max_queue=4, max_wait_s=-1)
+
+
+def test_request_that_waited_through_a_call_joins_the_requests_arriving_after_it():
+    """Row 1 arrives while the call of row 0 runs (0.1 to 0.5 s); rows 2, 3 arrive 50 ms after that call
+    ends. Row 1 must not leave alone the moment the call ends: its window starts then, and rows 2, 3 join."""
+    calls = _batches_of([0.0, 0.2, 0.55, 0.56], window_s=0.1, max_wait_s=1.0, max_batch=3, run_s=0.4)
+    assert calls == [[0], [1, 2, 3]]

@@ -1,11 +1,15 @@
 """Dynamic batching: requests that arrive within a short window, with the same options, go into one
 generate call.
 
-One worker coroutine takes the oldest waiting request, waits until its window has passed (or enough
-rows with the same key are waiting to fill a batch), then runs every waiting request with that key,
-oldest first, up to `max_batch` rows, in a worker thread. While that call runs, new requests queue up,
-so the next batch is fuller: throughput grows with concurrency. The queue is bounded in rows; a full
-queue refuses at once (the server answers 503) instead of growing without limit.
+One worker coroutine takes the oldest waiting request and waits while requests with the same key keep
+coming: the batch closes once none has arrived for `window_s`, once the oldest has waited `max_wait_s`,
+or once `max_batch` rows are waiting. It then runs every waiting request with that key, oldest first,
+up to `max_batch` rows, in a worker thread. While that call runs, new requests queue up, so the next
+batch is fuller: throughput grows with concurrency. Waiting for the stream of arrivals to pause (not a
+fixed window from the first arrival) matters when clients answered together come back together: the
+answers of one batch go out over tens of milliseconds, and a fixed short window would cut them into a
+full batch and a small one, and the small one costs nearly as much as a full one. The queue is bounded
+in rows; a full queue refuses at once (the server answers 503) instead of growing without limit.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Hashable, Optional, Sequence
+
+
+WINDOW_SHARE_OF_CALL = 0.02
 
 
 class QueueFull(Exception):
@@ -37,12 +44,14 @@ RunFn = Callable[[Hashable, Any, list], Sequence[Any]]
 
 class Batcher:
     def __init__(self, run: RunFn, *, max_batch: int, window_s: float, max_queue: int,
-                 on_batch: Optional[Callable[[int, float], None]] = None):
-        if max_batch < 1 or max_queue < 1 or window_s < 0:
-            raise ValueError("max_batch and max_queue must be positive, window_s non-negative")
+                 max_wait_s: Optional[float] = None, on_batch: Optional[Callable[[int, float], None]] = None):
+        if max_batch < 1 or max_queue < 1 or window_s < 0 or (max_wait_s is not None and max_wait_s < 0):
+            raise ValueError("max_batch and max_queue must be positive, window_s and max_wait_s non-negative")
         self.run = run
         self.max_batch = int(max_batch)
         self.window_s = float(window_s)
+        # The oldest request waits at least one window, at most max_wait_s (default: the window: a fixed window).
+        self.max_wait_s = max(self.window_s, float(window_s if max_wait_s is None else max_wait_s))
         self.max_queue = int(max_queue)
         self.on_batch = on_batch  # (rows, seconds) after each generate call
         self._queue: collections.deque[Job] = collections.deque()
@@ -51,6 +60,8 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self._worker: Optional[asyncio.Task] = None
         self._stopping = False
+        self._last_done = 0.0  # monotonic time the last generate call returned
+        self._last_call_s = 0.0  # how long it took
 
     @property
     def queued_rows(self) -> int:
@@ -80,8 +91,14 @@ class Batcher:
             await self._worker
         self._executor.shutdown(wait=True)
 
-    def _rows_waiting(self, key) -> int:
-        return sum(len(job.rows) for job in self._queue if job.key == key)
+    def _waiting(self, key) -> tuple[int, float]:
+        """Rows waiting with `key`, and when the latest of them arrived."""
+        rows, latest = 0, 0.0
+        for job in self._queue:
+            if job.key == key:
+                rows += len(job.rows)
+                latest = max(latest, job.enqueued)
+        return rows, latest
 
     async def _work(self) -> None:
         while True:
@@ -92,9 +109,18 @@ class Batcher:
                 await self._arrived.wait()
                 continue
             first = self._queue[0]
-            # Wait out the window of the oldest request, unless its batch is already full.
-            while not self._stopping and self._rows_waiting(first.key) < self.max_batch:
-                remaining = first.enqueued + self.window_s - time.monotonic()
+            # Wait while requests with its key keep arriving, unless its batch is already full. The clock
+            # starts no earlier than the end of the last call: the requests it answered may come back, and
+            # a request that waited through that call must not leave alone just before they do.
+            opened = max(first.enqueued, self._last_done)
+            # Arrivals spread more when calls are long (a loaded machine answers and hears back slower):
+            # the pause that closes a batch grows with the last call, a small share of it.
+            window = max(self.window_s, min(self._last_call_s * WINDOW_SHARE_OF_CALL, self.max_wait_s))
+            while not self._stopping:
+                rows, latest = self._waiting(first.key)
+                if rows >= self.max_batch:
+                    break
+                remaining = min(max(latest, opened) + window, opened + self.max_wait_s) - time.monotonic()
                 if remaining <= 0:
                     break
                 self._arrived.clear()
@@ -125,6 +151,8 @@ class Batcher:
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)
+        self._last_done = time.monotonic()
+        self._last_call_s = self._last_done - started
 
     def _run_isolated(self, batch: list[Job]) -> list:
         """Results per job; if the shared call fails, each job runs alone, so one bad request fails alone."""

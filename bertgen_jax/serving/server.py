@@ -194,7 +194,7 @@ def _field_of(message: str, options: dict) -> str:
 
 
 def create_app(engine: _Engine, *, max_batch: int, window_ms: float, max_queue: int,
-               max_input_length: Optional[int] = None):
+               max_input_length: Optional[int] = None, max_wait_ms: Optional[float] = None):
     import contextlib
 
     from fastapi import FastAPI, Request
@@ -211,7 +211,7 @@ def create_app(engine: _Engine, *, max_batch: int, window_ms: float, max_queue: 
         return engine.run(options, rows, PIPELINE_BATCH_SIZE if options.get("do_sample") else max_batch)
 
     batcher = Batcher(run, max_batch=max_batch, window_s=window_ms / 1000.0, max_queue=max_queue,
-                      on_batch=metrics.batch_done)
+                      max_wait_s=None if max_wait_ms is None else max_wait_ms / 1000.0, on_batch=metrics.batch_done)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -303,7 +303,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-batch-size", type=int, default=None,
                         help="most rows per generate call (default: 32, or the export's largest batch size)")
     parser.add_argument("--batch-window-ms", type=float, default=5.0,
-                        help="how long the oldest waiting request waits for others to join its batch (default 5)")
+                        help="a batch closes once no request with its options has arrived for this long (default 5)")
+    parser.add_argument("--batch-max-wait-ms", type=float, default=100.0,
+                        help="while requests keep arriving, the oldest waits at most this long for its batch to fill "
+                             "(default 100; never less than the window)")
     parser.add_argument("--max-queue", type=int, default=1024,
                         help="most rows waiting; beyond it requests get 503 with Retry-After (default 1024)")
     parser.add_argument("--max-input-length", type=int, default=None,
@@ -327,10 +330,13 @@ def run(args) -> int:
         started = time.monotonic()
         count = engine.model.warmup()
         print(f"compiled {count} program(s) in {time.monotonic() - started:.1f} s", flush=True)
+    if args.batch_window_ms < 0 or args.batch_max_wait_ms < 0:
+        raise ValueError("--batch-window-ms and --batch-max-wait-ms must be non-negative")
     app = create_app(engine, max_batch=max_batch, window_ms=args.batch_window_ms, max_queue=args.max_queue,
-                     max_input_length=args.max_input_length)
+                     max_input_length=args.max_input_length, max_wait_ms=args.batch_max_wait_ms)
     print(f"serving {args.model} ({engine.kind}) on http://{args.host}:{args.port} "
-          f"(max batch {max_batch}, window {args.batch_window_ms:g} ms, queue {args.max_queue} rows)", flush=True)
+          f"(max batch {max_batch}, window {args.batch_window_ms:g} ms, max wait "
+          f"{max(args.batch_window_ms, args.batch_max_wait_ms):g} ms, queue {args.max_queue} rows)", flush=True)
     # uvicorn drains on SIGTERM, then re-raises the signal with the handler it found installed: this one
     # makes a drained shutdown exit 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
