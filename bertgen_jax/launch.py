@@ -61,7 +61,7 @@ def reexec_with_huge_pages() -> None:
     sys.stderr.flush()
     try:
         os.execve(sys.executable, list(sys.orig_argv), env)
-    except OSError:  # cannot exec here (a sandbox, an odd interpreter path): run without huge pages
+    except (OSError, ValueError):  # cannot exec here (a sandbox, an embedded interpreter): run without them
         return
 
 
