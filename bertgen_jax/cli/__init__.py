@@ -9,11 +9,10 @@ handler); `BERTGEN_DEBUG=1` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Optional, Sequence
-
-import importlib
 
 # Imported when first needed, so that `python -m bertgen_jax.cli` can re-execute itself (bertgen_jax.launch)
 # before JAX is loaded.
