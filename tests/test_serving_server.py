@@ -266,3 +266,13 @@ def test_request_that_waited_through_a_call_joins_the_requests_arriving_after_it
     ends. Row 1 must not leave alone the moment the call ends: its window starts then, and rows 2, 3 join."""
     calls = _batches_of([0.0, 0.2, 0.55, 0.56], window_s=0.1, max_wait_s=1.0, max_batch=3, run_s=0.4)
     assert calls == [[0], [1, 2, 3]]
+
+
+@pytest.mark.parametrize("flag", ["--batch-window-ms", "--batch-max-wait-ms"])
+def test_a_negative_batching_flag_is_refused_before_the_model_loads(tmp_path, flag):
+    # The directory holds no model: the flag must be what is refused, before any loading or compiling.
+    done = subprocess.run([sys.executable, "-m", "bertgen_jax.cli", "serve", "--model", str(tmp_path), flag, "-1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "bertgen serve: error: --batch-window-ms and --batch-max-wait-ms must be non-negative")

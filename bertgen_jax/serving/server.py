@@ -322,6 +322,8 @@ def run(args) -> int:
 
     if not os.path.isdir(args.model):
         raise ValueError(f"--model {args.model}: no such directory")
+    if args.batch_window_ms < 0 or args.batch_max_wait_ms < 0:  # before the model loads and compiles
+        raise ValueError("--batch-window-ms and --batch-max-wait-ms must be non-negative")
     engine = load_engine(args.model, dtype=dtype_named(args.dtype))
     max_batch = args.max_batch_size or engine.max_batch
     if max_batch < 1:
@@ -330,8 +332,6 @@ def run(args) -> int:
         started = time.monotonic()
         count = engine.model.warmup()
         print(f"compiled {count} program(s) in {time.monotonic() - started:.1f} s", flush=True)
-    if args.batch_window_ms < 0 or args.batch_max_wait_ms < 0:
-        raise ValueError("--batch-window-ms and --batch-max-wait-ms must be non-negative")
     app = create_app(engine, max_batch=max_batch, window_ms=args.batch_window_ms, max_queue=args.max_queue,
                      max_input_length=args.max_input_length, max_wait_ms=args.batch_max_wait_ms)
     print(f"serving {args.model} ({engine.kind}) on http://{args.host}:{args.port} "
