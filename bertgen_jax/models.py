@@ -403,11 +403,8 @@ class _FlaxModel:
         return self._compiled_fn("_generation_cache", max_length=max_length)(params, *arrays)
 
     def _config_for_save(self):
-        return self.config
-
-
-def _architectures(config, name):
-    return config.copy(architectures=[name])
+        # As transformers' save_pretrained: the saving class's own name (BertModel, EncoderDecoderModel, ...).
+        return self.config.copy(architectures=[type(self).__name__])
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -430,9 +427,6 @@ class BertGenerationEncoder(_FlaxModel):
 
     def _export_tree(self):
         return tree_to_state_dict(self.params)
-
-    def _config_for_save(self):  # subclasses (BertModel, BertLMHeadModel, ...) save under their own name
-        return _architectures(self.config, type(self).__name__)
 
     def _forward(self, params, input_ids, attention_mask, position_ids, head_mask, dropout_rng, *,
                  deterministic, output_hidden_states, output_attentions):
@@ -477,9 +471,6 @@ class BertGenerationDecoder(_FlaxModel):
 
     def _export_tree(self):
         return tree_to_state_dict(self.params)
-
-    def _config_for_save(self):  # subclasses (BertModel, BertLMHeadModel, ...) save under their own name
-        return _architectures(self.config, type(self).__name__)
 
     def _forward(self, params, input_ids, attention_mask, position_ids, encoder_hidden_states,
                  encoder_attention_mask, labels, head_mask, cache, dropout_rng, *, deterministic,
@@ -630,9 +621,6 @@ class EncoderDecoderModel(_FlaxModel):
 
     def _export_tree(self):
         return tree_to_state_dict(self._module_params(self.params))
-
-    def _config_for_save(self):
-        return self.config.copy(architectures=["EncoderDecoderModel"])
 
     # --- forward pieces
     def _apply(self, params, *args, method=None, deterministic=True, dropout_rng=None, **kwargs):
