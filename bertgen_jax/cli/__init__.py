@@ -21,9 +21,13 @@ COMMAND_MODULES = ("convert", "parity", "generate", "train", "bench", "demo", "e
 __all__ = ["COMMANDS", "build_parser", "main", "model_class_for"]
 
 
+def _commands() -> tuple:
+    return tuple(importlib.import_module(f".{module}", __name__) for module in COMMAND_MODULES)
+
+
 def __getattr__(name: str):
     if name == "COMMANDS":
-        return tuple(importlib.import_module(f".{module}", __name__) for module in COMMAND_MODULES)
+        return _commands()
     if name == "model_class_for":
         from .common import model_class_for
 
@@ -37,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="BertGeneration (bert2bert, roberta2roberta) in JAX/Flax: convert checkpoints, check parity "
                     "with PyTorch transformers, generate text, fine-tune, benchmark.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in __getattr__("COMMANDS"):
+    for command in _commands():
         command_parser = sub.add_parser(command.NAME, help=command.HELP, description=command.DESCRIPTION)
         command.add_arguments(command_parser)
         command_parser.set_defaults(func=command.run)
