@@ -376,6 +376,27 @@ def test_an_error_mid_training_hands_model_params_back(copy_task, tmp_path):
     assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree_util.tree_leaves(before), after))
 
 
+def test_the_first_step_compiles_before_the_train_state_exists(copy_task, tmp_path):
+    """XLA's compile of the step holds hundreds of MB of host memory for a while: it must not come on
+    top of params + optimizer state. The first batch's program is compiled before the state is built,
+    and the steps then run that program (no second compile at the first call)."""
+    trainer = _trainer(copy_task, tmp_path / "ahead")
+    seen = {}
+    init_state = trainer._init_state
+
+    def init_and_record(params):
+        seen["programs_at_init"] = len(trainer.train_step.programs)
+        return init_state(params)
+
+    trainer._init_state = init_and_record
+    jit_cache_before = trainer.train_step.jitted._cache_size()
+    trainer.train()
+    assert seen["programs_at_init"] == 1
+    # The copy task's batches share one bucket: every step ran the program compiled ahead.
+    assert len(trainer.train_step.programs) == 1
+    assert trainer.train_step.jitted._cache_size() == jit_cache_before
+
+
 def test_resume_gives_the_same_result_as_a_straight_run(copy_task, tmp_path):
     # 14 examples in batches of 4: 4 batches an epoch, so step 3 is mid-epoch and 6 is in epoch 2.
     straight = _trainer(copy_task, tmp_path / "straight")

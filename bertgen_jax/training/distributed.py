@@ -308,21 +308,40 @@ class CompiledTogether:
     """A jitted function whose programs every process compiles ahead of the first call and then
     meets the others at a barrier: the first collective of a program sets up its Gloo context, which
     gives up after 30 s, and a peer still compiling (a loaded machine, a new shape bucket) can take
-    longer than that. One process: the jitted function itself."""
+    longer than that. One process: the jitted function itself, unless a program was compiled ahead
+    (`compile_ahead`), which is then used for calls of its shapes."""
 
     def __init__(self, jitted, name: str):
         self.jitted, self.name, self.programs = jitted, name, {}
 
-    def __call__(self, *args):
-        if not is_multiprocess():
-            return self.jitted(*args)
+    @staticmethod
+    def _signature(args):
         leaves, treedef = jax.tree_util.tree_flatten(args)
-        signature = (treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
+        return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+    def compile_ahead(self, *args) -> None:
+        """Compile the program for these arguments (arrays or `jax.ShapeDtypeStruct`s with shardings)
+        now, e.g. before the arrays it will run on exist."""
+        signature = self._signature(args)
+        if signature not in self.programs:
+            self._compile(signature, args)
+
+    def _compile(self, signature, args):
+        program = self.jitted.lower(*args).compile()
+        if is_multiprocess():
+            barrier(f"bertgen_{self.name}_compiled_{len(self.programs)}")
+        self.programs[signature] = program
+        return program
+
+    def __call__(self, *args):
+        if not is_multiprocess() and not self.programs:
+            return self.jitted(*args)
+        signature = self._signature(args)
         program = self.programs.get(signature)
         if program is None:
-            program = self.jitted.lower(*args).compile()
-            barrier(f"bertgen_{self.name}_compiled_{len(self.programs)}")
-            self.programs[signature] = program
+            if not is_multiprocess():
+                return self.jitted(*args)
+            program = self._compile(signature, args)
         return program(*args)
 
 
