@@ -237,6 +237,26 @@ def test_adamw_steps_match_pytorch(save_dir):
         assert np.max(np.abs(value - theirs)) <= 1e-3 * lr + 1e-6 * np.max(np.abs(theirs)), key
 
 
+@pytest.mark.parametrize("max_norm", [0.05, 1e3])  # clipping on, and a norm under the limit
+def test_gradient_clipping_is_torch_clip_grad_norm(max_norm):
+    """optim.clip_by_global_norm scales every gradient by min(1, max_norm / (norm + 1e-6)), as
+    torch.nn.utils.clip_grad_norm_ (what transformers' Trainer calls) does."""
+    from bertgen_jax.training.optim import clip_by_global_norm
+
+    rng = np.random.default_rng(0)
+    grads = {"a": rng.standard_normal((7, 5)).astype(np.float32), "b": {"c": rng.standard_normal(11).astype(np.float32)}}
+    clip = clip_by_global_norm(max_norm)
+    ours, _ = jax.jit(clip.update)(jax.tree_util.tree_map(jnp.asarray, grads), clip.init(grads))
+    tensors = [torch.nn.Parameter(torch.zeros(x.shape)) for x in (grads["a"], grads["b"]["c"])]
+    for tensor, value in zip(tensors, (grads["a"], grads["b"]["c"])):
+        tensor.grad = torch.from_numpy(value.copy())
+    torch.nn.utils.clip_grad_norm_(tensors, max_norm)
+    np.testing.assert_allclose(np.asarray(ours["a"]), tensors[0].grad.numpy(), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(np.asarray(ours["b"]["c"]), tensors[1].grad.numpy(), rtol=1e-6, atol=0)
+    if max_norm > 1:
+        np.testing.assert_array_equal(np.asarray(ours["a"]), grads["a"])
+
+
 def test_bf16_compute_keeps_float32_params(save_dir):
     fm = _load(tiny_encoder_decoder(seed=12, num_hidden_layers=1), save_dir)
     ids, mask, labels = _labelled_batch(seed=13)

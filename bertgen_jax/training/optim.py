@@ -12,6 +12,7 @@ import re
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from flax.traverse_util import flatten_dict, unflatten_dict
@@ -62,6 +63,25 @@ def linear_schedule(learning_rate: float, warmup_steps: int, total_steps: int) -
     return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """`torch.nn.utils.clip_grad_norm_` as transformers' Trainer calls it: every gradient times
+    min(1, max_norm / (global norm + 1e-6)).
+
+    One scalar factor, where optax's `clip_by_global_norm` divides every element by the norm: XLA
+    treats that divide as expensive and keeps a clipped copy of every gradient (a second
+    gradient-sized buffer, and one more pass over it) for the two Adam moments that read it; a
+    multiply by a scalar it recomputes inside each of them. The state is optax's (empty), so
+    checkpoints are unchanged."""
+    max_norm = float(max_norm)
+
+    def update_fn(updates, state, params=None):
+        del params
+        factor = jnp.minimum(1.0, max_norm / (optax.global_norm(updates) + 1e-6))
+        return jax.tree_util.tree_map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
 def make_optimizer(config: OptimizerConfig, params=None) -> optax.GradientTransformation:
     """clip_by_global_norm (if max_grad_norm) then AdamW with the Trainer's decay mask.
 
@@ -72,7 +92,7 @@ def make_optimizer(config: OptimizerConfig, params=None) -> optax.GradientTransf
     mask = decay_mask(params) if params is not None else decay_mask
     parts = []
     if config.max_grad_norm is not None and config.max_grad_norm > 0:
-        parts.append(optax.clip_by_global_norm(config.max_grad_norm))
+        parts.append(clip_by_global_norm(config.max_grad_norm))
     parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
                              weight_decay=config.weight_decay, mask=mask))
     return optax.chain(*parts)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ..models import IGNORE_INDEX
 from ..models import token_losses  # noqa: F401  (re-exported: the one label-smoothed cross-entropy)
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
@@ -68,32 +69,41 @@ def make_grad_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = T
                  labelled_only: bool = False, row_groups: int = 1):
     """`grads(params, batch, rng) -> (mean loss, grads, label tokens)` over an accumulated batch
     (leaves [accum, B, T]): one forward/backward per micro-batch, summed, divided by the tokens."""
-    value_and_grad = jax.value_and_grad(make_loss_fn(
-        model, label_smoothing=label_smoothing, deterministic=deterministic, compute_dtype=compute_dtype,
-        labelled_only=labelled_only, row_groups=row_groups), has_aux=True)
+    loss_sum_fn = make_loss_fn(model, label_smoothing=label_smoothing, deterministic=deterministic,
+                               compute_dtype=compute_dtype, labelled_only=labelled_only, row_groups=row_groups)
 
-    def grad_fn(params, micro_batch, micro_rng):
-        return value_and_grad(params, micro_batch, micro_rng if deterministic else dropout_key(micro_rng))
+    def mean_loss(params, micro_batch, rng, denom):
+        loss_sum, n = loss_sum_fn(params, micro_batch, rng)
+        return loss_sum / denom, n
+
+    value_and_grad = jax.value_and_grad(mean_loss, has_aux=True)
+
+    def grad_fn(params, micro_batch, micro_rng, denom):
+        return value_and_grad(params, micro_batch, micro_rng if deterministic else dropout_key(micro_rng), denom)
 
     def grads(params, batch, rng):
         accum = batch["input_ids"].shape[0]
+        # The label count is known from the labels before any forward pass, so backprop starts from
+        # d(loss_sum / count) and the gradients come out already divided: dividing the summed
+        # gradients afterwards was one more pass over all of them, and a second gradient-sized buffer
+        # (the divided copy, read by the clipping and the update beside the undivided one).
+        denom = jnp.maximum(jnp.sum(batch["labels"] != IGNORE_INDEX).astype(jnp.float32), 1.0)
 
         def micro_step(carry, xs):
             grad_sum, loss_sum, count = carry
             micro_batch, micro_rng = xs
-            (loss, n), g = grad_fn(params, micro_batch, micro_rng)
+            (loss, n), g = grad_fn(params, micro_batch, micro_rng, denom)
             return (jax.tree_util.tree_map(jnp.add, grad_sum, g), loss_sum + loss, count + n), None
 
         micro = {k: batch[k] for k in BATCH_KEYS}
         rngs = jax.random.split(rng, accum)
         if accum == 1:  # no loop (compiles faster)
-            (loss_sum, count), grad_sum = grad_fn(params, {k: v[0] for k, v in micro.items()}, rngs[0])
+            (loss, count), grad = grad_fn(params, {k: v[0] for k, v in micro.items()}, rngs[0], denom)
         else:
             zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
             init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-            (grad_sum, loss_sum, count), _ = jax.lax.scan(micro_step, init, (micro, rngs))
-        denom = jnp.maximum(count, 1.0)
-        return loss_sum / denom, jax.tree_util.tree_map(lambda g: g / denom, grad_sum), count
+            (grad, loss, count), _ = jax.lax.scan(micro_step, init, (micro, rngs))
+        return loss, grad, count
 
     return grads
 
