@@ -35,7 +35,7 @@ from .generation.options import (decoder_generate, encoder_decoder_generate, rea
 from .hub import resolve_model_dir
 from .inputs import (IGNORE_INDEX, causal_lm_loss, check_mask, check_positions, check_token_ids,  # noqa: F401
                      cross_entropy, is_traced, labelled_lm_loss, shift_tokens_right, token_losses)
-from .modules import BertGenerationModule, DecoderModule
+from .modules import BertGenerationModule, DecoderModule, separate_projections
 from .quantization import QuantizationConfig, dequantize_tree, is_quantized_leaf, quantize_params
 
 logger = logging.getLogger(__name__)
@@ -692,6 +692,11 @@ class EncoderDecoderModel(_FlaxModel):
         module_params = self._module_params
 
         def loss_sum(params, batch, dropout_rng):
+            # Per-layer Q/K/V matmuls: joining the kernels would run at every training step.
+            with separate_projections():
+                return _loss_sum(params, batch, dropout_rng)
+
+        def _loss_sum(params, batch, dropout_rng):
             labels = batch["labels"]
             decoder_input_ids = shift_tokens_right(labels, c.pad_token_id, c.decoder_start_token_id)
             decoder_attention_mask = (decoder_input_ids != c.pad_token_id).astype(jnp.int32)

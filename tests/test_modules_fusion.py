@@ -133,3 +133,39 @@ def test_decode_loop_runs_one_qkv_matmul_per_layer_with_the_concat_hoisted(tmp_p
     assert not re.search(rf"f32\[{hidden},{3 * hidden}\]\S* (?:concatenate|fusion)\(", body)
     # ... it is built before the loop, once per layer.
     assert len(re.findall(rf"= f32\[{hidden},{3 * hidden}\]\S* (?:concatenate|fusion)\(", hlo)) == layers
+
+
+def _concatenated_kernel_shapes(jaxpr, hidden: int) -> list:
+    """Output shapes of every `concatenate` (nested jaxprs too) that joins [H, H] kernels or [H] biases."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "concatenate":
+            shapes = [tuple(v.aval.shape) for v in eqn.invars]
+            if all(s in ((hidden, hidden), (hidden,)) for s in shapes):
+                found.append(tuple(eqn.outvars[0].aval.shape))
+        for param in eqn.params.values():
+            for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    found += _concatenated_kernel_shapes(getattr(inner, "jaxpr", inner), hidden)
+    return found
+
+
+def test_training_loss_runs_separate_projections_and_the_forward_stays_fused(tmp_path):
+    """Training (`loss_function`) joins no kernels: its params change every step, so the join and the
+    split of its gradient would run every step. The same model's forward outside it still fuses."""
+    tiny_encoder_decoder(seed=5).save_pretrained(str(tmp_path))
+    model = EncoderDecoderModel.from_pretrained(str(tmp_path))
+    hidden = model.config.encoder.hidden_size
+    ids = jnp.asarray(np.random.default_rng(6).integers(3, 99, (2, 7)), jnp.int32)
+    batch = {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "labels": ids}
+    loss_sum = model.loss_function(deterministic=False)
+    grad = jax.grad(lambda p: loss_sum(p, batch, jax.random.PRNGKey(0))[0])
+    assert _concatenated_kernel_shapes(jax.make_jaxpr(grad)(model.params).jaxpr, hidden) == []
+
+    def forward(params):
+        return model.module.apply({"params": model._module_params(params)}, ids, jnp.ones_like(ids), ids,
+                                  jnp.ones_like(ids))[1]["logits"]
+
+    joined = _concatenated_kernel_shapes(jax.make_jaxpr(forward)(model.params).jaxpr, hidden)
+    assert (hidden, 3 * hidden) in joined and (hidden, 2 * hidden) in joined
