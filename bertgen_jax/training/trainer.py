@@ -266,7 +266,8 @@ class Trainer:
         XLA holds several hundred MB of host memory while it compiles the step (~0.8 GB at MiniLM size);
         compiled at the first step, that came on top of params + optimizer state + the step's own
         buffers and set the run's peak. Streamed batches are padded to lengths the processes agree on
-        at each step, so their step still compiles at the first call."""
+        at each step, so their step still compiles at the first call; a resumed run restores its state
+        first (the data position is in the checkpoint) and compiles at the first call too."""
         if self.streaming:
             return
         _, batch = next(self.loader.batches(BatchPosition()))
