@@ -73,10 +73,9 @@ def make_grad_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = T
                                compute_dtype=compute_dtype, labelled_only=labelled_only, row_groups=row_groups)
 
     def mean_loss(params, micro_batch, rng, denom):
-        loss_sum, n = loss_sum_fn(params, micro_batch, rng)
-        return loss_sum / denom, n
+        return loss_sum_fn(params, micro_batch, rng)[0] / denom
 
-    value_and_grad = jax.value_and_grad(mean_loss, has_aux=True)
+    value_and_grad = jax.value_and_grad(mean_loss)
 
     def grad_fn(params, micro_batch, micro_rng, denom):
         return value_and_grad(params, micro_batch, micro_rng if deterministic else dropout_key(micro_rng), denom)
@@ -87,22 +86,22 @@ def make_grad_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = T
         # d(loss_sum / count) and the gradients come out already divided: dividing the summed
         # gradients afterwards was one more pass over all of them, and a second gradient-sized buffer
         # (the divided copy, read by the clipping and the update beside the undivided one).
-        denom = jnp.maximum(jnp.sum(batch["labels"] != IGNORE_INDEX).astype(jnp.float32), 1.0)
+        count = jnp.sum(batch["labels"] != IGNORE_INDEX).astype(jnp.float32)
+        denom = jnp.maximum(count, 1.0)
 
         def micro_step(carry, xs):
-            grad_sum, loss_sum, count = carry
+            grad_sum, loss_sum = carry
             micro_batch, micro_rng = xs
-            (loss, n), g = grad_fn(params, micro_batch, micro_rng, denom)
-            return (jax.tree_util.tree_map(jnp.add, grad_sum, g), loss_sum + loss, count + n), None
+            loss, g = grad_fn(params, micro_batch, micro_rng, denom)
+            return (jax.tree_util.tree_map(jnp.add, grad_sum, g), loss_sum + loss), None
 
         micro = {k: batch[k] for k in BATCH_KEYS}
         rngs = jax.random.split(rng, accum)
         if accum == 1:  # no loop (compiles faster)
-            (loss, count), grad = grad_fn(params, {k: v[0] for k, v in micro.items()}, rngs[0], denom)
+            loss, grad = grad_fn(params, {k: v[0] for k, v in micro.items()}, rngs[0], denom)
         else:
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-            (grad, loss, count), _ = jax.lax.scan(micro_step, init, (micro, rngs))
+            init = (jax.tree_util.tree_map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
+            (grad, loss), _ = jax.lax.scan(micro_step, init, (micro, rngs))
         return loss, grad, count
 
     return grads
