@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from .activations import ACTIVATIONS, PReLU, XIELU
 from .config import BertConfig, BertGenerationConfig, RobertaConfig
-from .modules import (BertGenerationModule, DecoderModule, LayerStack, _dense, _layer_norm, _normal,
+from .modules import (BertGenerationModule, DecoderModule, Dropout, LayerStack, _dense, _layer_norm, _normal,
                       output_projection, untied_decoder)
 
 FAMILY_MODEL_TYPES = ("bert", "roberta")
@@ -73,7 +73,7 @@ class FamilyEmbeddings(nn.Module):
         self.position_embeddings = embed(c.max_position_embeddings)
         self.token_type_embeddings = embed(c.type_vocab_size)
         self.LayerNorm = _layer_norm(c, self.dtype, self.param_dtype)
-        self.dropout = nn.Dropout(rate=c.hidden_dropout_prob)
+        self.dropout = Dropout(rate=c.hidden_dropout_prob)
 
     def __call__(self, input_ids, position_ids, deterministic: bool = True, token_type_ids=None):
         if token_type_ids is None:

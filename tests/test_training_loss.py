@@ -127,10 +127,13 @@ def test_labelled_lm_loss_over_several_chunks(chunk_rows, vocab_major):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=TOL, atol=TOL)
 
 
-def test_dropout_masks_come_from_the_rng_bit_generator(save_dir):
-    """The training step draws its dropout masks with XLA's RngBitGenerator (`unsafe_rbg` keys): threefry runs
-    only to derive one key per micro-batch, not at every dropout site (that inlined hash was half the step's
-    compile time). Dropout still acts, and is a function of the step's key."""
+def test_dropout_masks_come_from_the_fused_counter_hash(save_dir):
+    """The training step draws two seeds per dropout site with XLA's RngBitGenerator (`unsafe_rbg` keys:
+    threefry runs only to derive one key per micro-batch, not at every dropout site, where its inlined
+    hash was half the step's compile time) and builds each mask from them with the counter hash of
+    `modules.dropout_keep_mask`, which XLA fuses into the masking op: no RngBitGenerator draws a
+    mask-sized array (it ran as its own kernel at ~10 ns per element). Dropout still acts, and is a
+    function of the step's key."""
     import optax
 
     from bertgen_jax.training.step import create_train_state, make_grad_fn, make_train_step
@@ -144,7 +147,10 @@ def test_dropout_masks_come_from_the_rng_bit_generator(save_dir):
     state = create_train_state(model.params, optimizer)
     lowered = make_train_step(model, optimizer).lower(state, stacked).as_text()
     dropout_sites = 2 * model.config.encoder.num_hidden_layers + 3 * model.config.decoder.num_hidden_layers + 2
-    assert lowered.count("rng_bit_generator") >= dropout_sites
+    draws = re.findall(r"rng_bit_generator.*?-> \(tensor<[^>]*>, tensor<([^>]*)>\)", lowered)
+    assert len(draws) >= dropout_sites
+    drawn_sizes = [int(np.prod([int(d) for d in shape.split("x")[:-1]] or [1])) for shape in draws]
+    assert max(drawn_sizes) <= 40, drawn_sizes  # seeds and key folds, never a mask's worth
     # threefry only splits the state key and derives the dropout key (a fixed handful of calls, nested ones
     # counted), whatever the number of dropout sites.
     assert len(re.findall(r"call @_?threefry", lowered)) <= 6 < dropout_sites
