@@ -28,9 +28,10 @@ from ..models import token_losses  # noqa: F401  (re-exported: the one label-smo
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
 
-# Dropout masks come from XLA's RngBitGenerator (JAX's "unsafe_rbg" keys, what MaxText uses for dropout)
-# instead of threefry: threefry's hash is inlined at each of the ~50 dropout sites of a 6+6-layer model
-# and was half of the training step's compile time on CPU.
+# Dropout keys are JAX's "unsafe_rbg" keys (XLA's RngBitGenerator, what MaxText uses for dropout) instead of
+# threefry: threefry's hash is inlined at each of the ~50 dropout sites of a 6+6-layer model and was half of
+# the training step's compile time on CPU. Each site draws two seeds from its key; the mask itself is the
+# fused counter hash of `modules.dropout_keep_mask`.
 DROPOUT_PRNG_IMPL = "unsafe_rbg"
 
 
