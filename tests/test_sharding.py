@@ -114,5 +114,10 @@ def test_sharded_training_matches_single_device():
     for name, run in results.items():
         assert run["sharded_leaves"] > 20, name  # kernels, embeddings and their Adam moments are split
         np.testing.assert_allclose(run["losses"], single["losses"], rtol=1e-5, err_msg=name)
+        # Adam divides each gradient by its own running RMS, so a gradient that is zero up to rounding (the
+        # attention key biases: softmax ignores them) or nearly cancels in a sum over the batch (reduced
+        # per shard, in another order) gives an update that differs by a fraction of a step, not by a
+        # rounding error: 2e-6 on one embedding weight and 5e-7 on key biases here. The bound is 1e-3 of one
+        # Adam step (lr 1e-2); a sharding mistake moves weights by whole steps.
         for key, value in single["params"].items():
-            np.testing.assert_allclose(run["params"][key], value, rtol=1e-4, atol=1e-6, err_msg=f"{name} {key}")
+            np.testing.assert_allclose(run["params"][key], value, rtol=1e-4, atol=1e-5, err_msg=f"{name} {key}")
