@@ -44,6 +44,13 @@ def roberta_position_ids(input_ids, padding_idx: int, past_length=0):
     return ((jnp.cumsum(mask, axis=1) + past_length) * mask + padding_idx).astype(jnp.int32)
 
 
+def first_position_id(config) -> int:
+    """The position id of a sequence's first token: pad_token_id + 1 for RoBERTa, else 0."""
+    if getattr(config, "model_type", None) == "roberta":
+        return int(config.pad_token_id) + 1
+    return 0
+
+
 def max_sequence_length(config) -> int:
     """The longest input the position table allows (RoBERTa's positions start at pad_token_id + 1)."""
     return config.max_input_length
@@ -318,10 +325,14 @@ class EncoderDecoderModule(nn.Module):
 
     def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                  position_ids=None, decoder_position_ids=None, head_mask=None, decoder_head_mask=None,
-                 deterministic=True, output_hidden_states=False, output_attentions=False):
+                 deterministic=True, output_hidden_states=False, output_attentions=False, cross_attention_mask=None):
+        """`cross_attention_mask` [B, T, S]: which source positions each target position attends to
+        (packed batches); by default the source `attention_mask`, as transformers."""
         encoded = self.encode(input_ids, attention_mask, position_ids, head_mask, deterministic,
                               output_hidden_states, output_attentions)
-        decoded = self.decode(decoder_input_ids, encoded["last_hidden_state"], attention_mask,
+        if cross_attention_mask is None:
+            cross_attention_mask = attention_mask
+        decoded = self.decode(decoder_input_ids, encoded["last_hidden_state"], cross_attention_mask,
                               decoder_attention_mask, decoder_position_ids, decoder_head_mask, None,
                               deterministic, output_hidden_states, output_attentions)
         return encoded, decoded

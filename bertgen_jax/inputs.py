@@ -119,6 +119,40 @@ def shift_tokens_right(labels, pad_token_id, decoder_start_token_id):
     return jnp.where(shifted == IGNORE_INDEX, pad_token_id, shifted)
 
 
+# ----------------------------------------------------------------------------- packed rows
+# A packed batch holds several (source, target) pairs per row, side by side (`training.packing` builds it):
+# `source_segment_ids` / `target_segment_ids` [B, L] number the pairs of a row 1, 2, ... (0: padding), and
+# `source_positions` / `target_positions` count each pair's tokens from 0. Attention stays inside a pair, so
+# every pair gets exactly the numbers it gets alone in an unpacked row (relative position scores depend on
+# token distances only, which packing keeps); padding is shared, not repeated per pair.
+PACKED_KEYS = ("source_segment_ids", "source_positions", "target_segment_ids", "target_positions")
+
+
+def is_packed(batch) -> bool:
+    return "source_segment_ids" in batch
+
+
+def packed_decoder_input_ids(labels, target_positions, target_segment_ids, pad_token_id, decoder_start_token_id):
+    """`shift_tokens_right` within each pair of a packed row: a pair's first position gets the start token,
+    the others the pair's previous label; padding gets pad_token_id."""
+    shifted = shift_tokens_right(labels, pad_token_id, decoder_start_token_id)
+    shifted = jnp.where(target_positions == 0, jnp.asarray(decoder_start_token_id, labels.dtype), shifted)
+    return jnp.where(target_segment_ids == 0, jnp.asarray(pad_token_id, labels.dtype), shifted)
+
+
+def packed_attention_masks(source_segment_ids, target_segment_ids, decoder_input_ids, pad_token_id):
+    """[B, Lq, Lk] masks of a packed batch: encoder self-attention, decoder self-attention (causal, keys
+    `!= pad_token_id` as transformers' decoder mask from labels) and cross-attention, each within a pair."""
+    source_keys = source_segment_ids[:, None, :]
+    encoder_mask = (source_segment_ids[:, :, None] == source_keys) & (source_keys != 0)
+    length = target_segment_ids.shape[1]
+    causal = jnp.arange(length)[None, :] <= jnp.arange(length)[:, None]
+    decoder_mask = ((target_segment_ids[:, :, None] == target_segment_ids[:, None, :]) & causal[None]
+                    & (decoder_input_ids != pad_token_id)[:, None, :])
+    cross_mask = (target_segment_ids[:, :, None] == source_keys) & (source_keys != 0)
+    return tuple(m.astype(jnp.int32) for m in (encoder_mask, decoder_mask, cross_mask))
+
+
 # ----------------------------------------------------------------------------- the loss on labelled rows only
 def labelled_lm_loss(hidden, weight, bias, labels, *, label_smoothing: float = 0.0, groups: int = 1,
                      weight_is_vocab_major: bool = True, chunk_rows: Optional[int] = None):

@@ -27,14 +27,15 @@ from converters.files import atomic_write_bytes, atomic_write_text  # noqa: F401
 from converters.quantized import qweight_hook, quantized_state_dict
 
 from .bert_family import (BertLMHeadModule, EncoderDecoderModule, FamilyModule, RobertaForCausalLMModule,
-                          max_sequence_length)
+                          first_position_id, max_sequence_length)
 from .config import CONFIG_NAME, BertConfig, BertGenerationConfig, EncoderDecoderConfig, RobertaConfig, read_config_json
 from .flax_format import FLAX_WEIGHTS_NAME, load_flax_params
 from .generation.options import (decoder_generate, encoder_decoder_generate, read_generation_config,
                                  write_generation_config)
 from .hub import resolve_model_dir
 from .inputs import (IGNORE_INDEX, causal_lm_loss, check_mask, check_positions, check_token_ids,  # noqa: F401
-                     cross_entropy, is_traced, labelled_lm_loss, shift_tokens_right, token_losses)
+                     cross_entropy, is_packed, is_traced, labelled_lm_loss, packed_attention_masks,
+                     packed_decoder_input_ids, shift_tokens_right, token_losses)
 from .modules import BertGenerationModule, DecoderModule, separate_projections
 from .quantization import QuantizationConfig, dequantize_tree, is_quantized_leaf, quantize_params
 
@@ -174,15 +175,38 @@ def _dropout_rngs(deterministic, dropout_rng):
     return {"dropout": dropout_rng}
 
 
-def _lm_head_inputs(module, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, deterministic):
+def _training_inputs(batch, config) -> dict:
+    """The EncoderDecoderModule call arguments of a training batch (labels -> decoder inputs and masks, as
+    transformers' EncoderDecoderModel builds them). A packed batch (`inputs.is_packed`: several pairs per
+    row) gets per-pair [B, Lq, Lk] masks and per-pair position ids instead of padding masks."""
+    labels, pad, start = batch["labels"], config.pad_token_id, config.decoder_start_token_id
+    if not is_packed(batch):
+        decoder_input_ids = shift_tokens_right(labels, pad, start)
+        return dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    decoder_input_ids=decoder_input_ids,
+                    decoder_attention_mask=(decoder_input_ids != pad).astype(jnp.int32))
+    decoder_input_ids = packed_decoder_input_ids(labels, batch["target_positions"], batch["target_segment_ids"],
+                                                 pad, start)
+    encoder_mask, decoder_mask, cross_mask = packed_attention_masks(
+        batch["source_segment_ids"], batch["target_segment_ids"], decoder_input_ids, pad)
+    return dict(input_ids=batch["input_ids"], attention_mask=encoder_mask, decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=decoder_mask,
+                position_ids=batch["source_positions"] + first_position_id(config.encoder),
+                decoder_position_ids=batch["target_positions"] + first_position_id(config.decoder),
+                cross_attention_mask=cross_mask)
+
+
+def _lm_head_inputs(module, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, deterministic,
+                    position_ids=None, decoder_position_ids=None, cross_attention_mask=None):
     """(an EncoderDecoderModule method) What the decoder's LM head projects: the hidden states after
     the head's own transform (BERT: dense, activation, LayerNorm; RoBERTa: dense, GELU, layer_norm;
     BertGeneration: none), the projection matrix (tied word embeddings [vocab, H], else the head's
     `decoder` kernel [H, vocab]), its bias, and whether the matrix is vocabulary-major. The decoder's
     own logits are left unused, so XLA drops that projection."""
-    encoded = module.encode(input_ids, attention_mask, deterministic=deterministic)
-    decoded = module.decode(decoder_input_ids, encoded["last_hidden_state"], attention_mask, decoder_attention_mask,
-                            deterministic=deterministic)
+    encoded = module.encode(input_ids, attention_mask, position_ids, deterministic=deterministic)
+    decoded = module.decode(decoder_input_ids, encoded["last_hidden_state"],
+                            attention_mask if cross_attention_mask is None else cross_attention_mask,
+                            decoder_attention_mask, decoder_position_ids, deterministic=deterministic)
     decoder, hidden = module.decoder, decoded["last_hidden_state"]
     if isinstance(decoder, BertLMHeadModule):
         stack, head = decoder.bert, decoder.cls.predictions
@@ -698,17 +722,14 @@ class EncoderDecoderModel(_FlaxModel):
 
         def _loss_sum(params, batch, dropout_rng):
             labels = batch["labels"]
-            decoder_input_ids = shift_tokens_right(labels, c.pad_token_id, c.decoder_start_token_id)
-            decoder_attention_mask = (decoder_input_ids != c.pad_token_id).astype(jnp.int32)
+            inputs = _training_inputs(batch, c)
             if not labelled_only:
-                _, decoded = module.apply({"params": module_params(params)}, batch["input_ids"],
-                                          batch["attention_mask"], decoder_input_ids, decoder_attention_mask,
-                                          deterministic=deterministic, rngs=_dropout_rngs(deterministic, dropout_rng))
+                _, decoded = module.apply({"params": module_params(params)}, **inputs, deterministic=deterministic,
+                                          rngs=_dropout_rngs(deterministic, dropout_rng))
                 losses, valid = token_losses(decoded["logits"], labels, label_smoothing)
                 return jnp.sum(losses), jnp.sum(valid).astype(jnp.float32)
             hidden, weight, bias, vocab_major = module.apply(
-                {"params": module_params(params)}, batch["input_ids"], batch["attention_mask"], decoder_input_ids,
-                decoder_attention_mask, deterministic, method=_lm_head_inputs,
+                {"params": module_params(params)}, **inputs, deterministic=deterministic, method=_lm_head_inputs,
                 rngs=_dropout_rngs(deterministic, dropout_rng))
             return labelled_lm_loss(hidden, weight, bias, labels, label_smoothing=label_smoothing,
                                     groups=row_groups, weight_is_vocab_major=vocab_major)

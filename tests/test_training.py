@@ -446,6 +446,28 @@ def test_resume_gives_the_same_result_as_a_straight_run(copy_task, tmp_path):
     np.testing.assert_allclose(losses(second), losses(result), rtol=1e-6)
 
 
+def test_packed_training_follows_the_unpacked_run(copy_task, tmp_path):
+    """`pack_rows`: the same batches (plain shuffled, as packing draws them) packed two rows per batch of
+    four train to the same losses and weights as one pair per row (dropout off: the masks differ)."""
+    common = {"dropout": False, "length_group_batches": 1}
+    plain = _trainer(copy_task, tmp_path / "plain", config=common)
+    packed = _trainer(copy_task, tmp_path / "packed", config=dict(common, pack_rows=2))
+    _, batch = next(packed.loader.batches())
+    assert batch["input_ids"].shape[:2] == (1, 2) and "source_segment_ids" in batch
+    results = plain.train(), packed.train()
+    losses = [[h["train/loss"] for h in r.history if "train/loss" in h] for r in results]
+    assert len(losses[0]) == 6
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(plain.model.params), leaves(packed.model.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="packing needs data read up front"):
+        from bertgen_jax.training.streaming import PairSource
+
+        Trainer(plain.model, plain.tokenizer, PairSource(copy_task["train"]),
+                TrainConfig(output_dir=str(tmp_path / "x"), pack_rows=2, compilation_cache="off"))
+
+
 def test_final_checkpoint_and_start_eval_only_when_asked(copy_task, tmp_path):
     """A finished run with save_every 0 writes no checkpoint (the exported model is the product) and
     does not evaluate before the first step; save_final_checkpoint / eval_at_start ask for them."""

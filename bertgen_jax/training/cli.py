@@ -47,6 +47,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data.add_argument("--streaming", action="store_true",
                       help="read and tokenize the training file lazily (memory flat in the file size; each "
                            "process reads only its own rows of each batch) instead of all of it up front")
+    data.add_argument("--pack-rows", type=int, default=0, metavar="ROWS",
+                      help="pack each batch's pairs side by side into ROWS rows (at most --batch-size, a multiple "
+                           "of the mesh's data x fsdp; e.g. 4 for 16 short pairs), each pair attending only to "
+                           "itself: the loss and gradients of one pair per row with far less padding, one compiled "
+                           "shape for the run. Replaces length grouping. 0: one pair per row")
     data.add_argument("--eval-file", help="held-out pairs (same format) for eval loss and generated samples")
     data.add_argument("--source-column", default="source")
     data.add_argument("--target-column", default="target")
@@ -163,7 +168,7 @@ def train_config_from_args(args):
         eval_samples=args.eval_samples, max_source_length=args.max_source_length,
         max_target_length=args.max_target_length,
         pad_to_multiple_of=args.pad_to_multiple_of, length_group_batches=args.length_group_batches,
-        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, progress=not args.no_progress)
+        pack_rows=args.pack_rows, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, progress=not args.no_progress)
 
 
 # Settings that may differ between the processes of one run (everything else must match).

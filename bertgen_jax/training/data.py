@@ -28,7 +28,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from . import packing
+from ..inputs import IGNORE_INDEX
 
 
 class DataError(ValueError):
@@ -236,14 +237,22 @@ class BatchLoader:
     """
 
     def __init__(self, data: TokenizedData, *, batch_size: int, pad_token_id: int, accum: int = 1, seed: int = 0,
-                 shuffle: bool = True, pool_batches: int = 50, pad_to_multiple_of: int = 8):
+                 shuffle: bool = True, pool_batches: int = 50, pad_to_multiple_of: int = 8, pack_rows: int = 0,
+                 pack_epochs: int = 1):
         if batch_size <= 0 or accum <= 0:
             raise ValueError(f"batch_size and accum must be positive, got {batch_size} and {accum}")
+        if not 0 <= pack_rows <= batch_size:
+            raise ValueError(f"pack_rows must be between 1 and the batch size {batch_size} (0: no packing), "
+                             f"got {pack_rows}")
         self.data = data
         self.batch_size, self.accum = batch_size, accum
         self.pad_token_id = pad_token_id
         self.seed, self.shuffle = seed, shuffle
-        self.pool_batches, self.pad_to_multiple_of = pool_batches, pad_to_multiple_of
+        # Packing replaces length grouping: batches of mixed lengths pack tighter than sorted ones.
+        self.pool_batches = 1 if pack_rows else pool_batches
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pack_rows, self.pack_epochs = pack_rows, max(1, pack_epochs)
+        self._packed_lengths: Optional[tuple[int, int]] = None
         # Padding never goes past the longest example (which fits the model's positions).
         self._max_lengths = (max(map(len, data.sources)), max(map(len, data.labels)))
 
@@ -271,8 +280,44 @@ class BatchLoader:
             batches.extend(chunk[j:j + size] for j in range(0, len(chunk), size))
         return [batches[i] for i in rng.permutation(len(batches))]
 
+    def _micro_batches(self, indices: np.ndarray) -> list[np.ndarray]:
+        return [indices[i:i + self.batch_size] for i in range(0, self.examples_per_batch, self.batch_size)]
+
+    def _assign(self, indices: np.ndarray) -> list[list[int]]:
+        return packing.assign_rows([len(self.data.sources[i]) for i in indices],
+                                   [len(self.data.labels[i]) for i in indices], self.pack_rows)
+
+    @property
+    def packed_lengths(self) -> tuple[int, int]:
+        """(source, target) row lengths of packed batches: the fullest packed row over every batch of the
+        first `pack_epochs` epochs (one shape for the whole run: one compiled step)."""
+        if self._packed_lengths is None:
+            longest = (1, 1)
+            for epoch in range(self.pack_epochs):
+                for indices in self.epoch_order(epoch):
+                    for micro in self._micro_batches(indices):
+                        if len(micro):
+                            taken = [self.data.sources[i] for i in micro], [self.data.labels[i] for i in micro]
+                            lengths = packing.row_lengths(*taken, self._assign(micro))
+                            longest = (max(longest[0], lengths[0]), max(longest[1], lengths[1]))
+            self._packed_lengths = longest
+        return self._packed_lengths
+
+    def _packed_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        source_length, target_length = self.packed_lengths
+        micro_batches = []
+        for micro in self._micro_batches(indices):
+            sources, labels = [self.data.sources[i] for i in micro], [self.data.labels[i] for i in micro]
+            assignment = self._assign(micro) if len(micro) else [[] for _ in range(self.pack_rows)]
+            micro_batches.append(packing.pack(sources, labels, assignment, source_length, target_length,
+                                              self.pad_token_id))
+        return {key: np.stack([m[key] for m in micro_batches]) for key in micro_batches[0]}
+
     def make_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """Pad the examples at `indices` (plus empty rows up to the batch size) into arrays."""
+        """Pad the examples at `indices` (plus empty rows up to the batch size) into arrays; with
+        `pack_rows`, pack each micro-batch's examples into that many rows (`training.packing`)."""
+        if self.pack_rows:
+            return self._packed_batch(indices)
         sources = [self.data.sources[i] for i in indices]
         labels = [self.data.labels[i] for i in indices]
         src_len = min(bucket_length(max(len(s) for s in sources), self.pad_to_multiple_of), self._max_lengths[0])

@@ -23,10 +23,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ..inputs import PACKED_KEYS, is_packed
 from ..models import IGNORE_INDEX
 from ..models import token_losses  # noqa: F401  (re-exported: the one label-smoothed cross-entropy)
 
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def model_inputs(batch) -> dict:
+    """The batch leaves the loss reads: BATCH_KEYS, and a packed batch's segment ids and positions."""
+    return {k: batch[k] for k in BATCH_KEYS + (PACKED_KEYS if is_packed(batch) else ())}
 
 # Dropout keys are JAX's "unsafe_rbg" keys (XLA's RngBitGenerator, what MaxText uses for dropout) instead of
 # threefry: threefry's hash is inlined at each of the ~50 dropout sites of a 6+6-layer model and was half of
@@ -96,7 +102,7 @@ def make_grad_fn(model, *, label_smoothing: float = 0.0, deterministic: bool = T
             loss, g = grad_fn(params, micro_batch, micro_rng, denom)
             return (jax.tree_util.tree_map(jnp.add, grad_sum, g), loss_sum + loss), None
 
-        micro = {k: batch[k] for k in BATCH_KEYS}
+        micro = model_inputs(batch)
         rngs = jax.random.split(rng, accum)
         if accum == 1:  # no loop (compiles faster)
             loss, grad = grad_fn(params, {k: v[0] for k, v in micro.items()}, rngs[0], denom)
@@ -143,7 +149,7 @@ def make_eval_step(model, *, compute_dtype=None, params_sharding=None, batch_sha
                             row_groups=row_groups)
 
     def eval_step(params, batch):
-        micro = {k: batch[k] for k in BATCH_KEYS}
+        micro = model_inputs(batch)
         sums, counts = jax.lax.map(lambda b: loss_sum(params, b, None), micro)
         return jnp.sum(sums), jnp.sum(counts)
 

@@ -92,6 +92,7 @@ class TrainConfig:
     eval_batch_size: Optional[int] = None
     pad_to_multiple_of: int = 8  # padded lengths (see data.bucket_length): larger -> fewer compiled shapes
     length_group_batches: int = 50  # batches per length-sorted pool (1: plain shuffled batches, no grouping)
+    pack_rows: int = 0  # > 0: each micro-batch's pairs packed into this many rows (training.packing); 0: one per row
     eval_samples: int = 0  # > 0: generate for this many eval sources and score them (needs model.generate)
     max_source_length: int = 128
     max_target_length: int = 128  # streamed data is tokenized with these limits
@@ -175,6 +176,10 @@ class Trainer:
         self.pad_id = pad_id
         self.batch_sharding = sh.batch_sharding(self.mesh)
         self.streaming = isinstance(train_data, PairSource)
+        if c.pack_rows and (self.streaming or c.pack_rows % divisor):
+            raise ValueError(f"pack_rows {c.pack_rows}: " + (
+                "packing needs data read up front (not streamed)" if self.streaming else
+                f"must be a multiple of data x fsdp = {divisor} (the mesh {dict(self.mesh.shape)})"))
         if self.streaming:
             # This process reads only the batch rows its own devices hold.
             self.local_rows = _local_batch_rows(self.batch_sharding, c.grad_accum, c.batch_size)
@@ -190,7 +195,10 @@ class Trainer:
         else:
             self.loader = BatchLoader(train_data, batch_size=c.batch_size, accum=c.grad_accum, seed=c.seed,
                                       pad_token_id=pad_id, pad_to_multiple_of=c.pad_to_multiple_of,
-                                      pool_batches=c.length_group_batches)
+                                      pool_batches=c.length_group_batches, pack_rows=c.pack_rows)
+            # Packed rows get one shape for every epoch the run covers (one compiled step).
+            steps = c.max_steps if c.max_steps is not None else c.epochs * len(self.loader)
+            self.loader.pack_epochs = max(1, -(-steps // len(self.loader)))
         self.eval_loader = None if eval_data is None else BatchLoader(
             eval_data, batch_size=c.eval_batch_size or c.batch_size, seed=c.seed, shuffle=False, pad_token_id=pad_id,
             pad_to_multiple_of=c.pad_to_multiple_of)
@@ -427,8 +435,12 @@ class Trainer:
         step = first_step = int(state.step)
         release_freed_host_memory()  # the host copies made while building the train state
         self._open_writer(step)
+        packed = ""
+        if c.pack_rows:
+            packed = " packed into {} rows of {} source + {} target tokens".format(c.pack_rows,
+                                                                                  *self.loader.packed_lengths)
         self._message(f"training {self.total_steps} steps ({len(self.loader)} batches of "
-                      f"{self.loader.examples_per_batch} per epoch) on mesh {dict(self.mesh.shape)}; " + layout)
+                      f"{self.loader.examples_per_batch} per epoch{packed}) on mesh {dict(self.mesh.shape)}; " + layout)
         eval_loss, scores = None, {}
         if step == 0 and c.eval_at_start and self.eval_loader is not None:
             eval_loss, scores = self.evaluate(state.params, step)
