@@ -65,6 +65,8 @@ def bertgen_command(args, data: dict, output_dir: str, warmup_steps: int) -> lis
                "--seed", str(args.seed), "--log-every", str(args.log_every), "--save-every", "0", "--no-progress"]
     if args.trainer_sampler == "random":  # both sides draw plain shuffled batches
         command += ["--length-group-batches", "1"]
+    if args.pack_rows:
+        command += ["--pack-rows", str(args.pack_rows)]
     if args.architecture == "bert-generation":
         command.append("--bert-generation-pair")
     if args.dtype == "bfloat16":
@@ -179,6 +181,9 @@ def main(argv=None) -> int:
                              "nearly decides the kind of pair), which changes the final loss, not only the speed; "
                              "random: plain shuffled batches, and bertgen train then runs with --length-group-batches 1 (the same "
                              "kind of batches on both sides, for a like-for-like loss)")
+    parser.add_argument("--pack-rows", type=int, default=0, metavar="ROWS",
+                        help="bertgen train --pack-rows ROWS: each batch's pairs packed into ROWS rows (our "
+                             "counterpart of the Trainer's per-batch padding; 0: one pair per row, the CLI's default)")
     parser.add_argument("--warm-cache", action="store_true",
                         help="also time a second bertgen train run with the compilation cache the first one filled")
     add_run_arguments(parser)
@@ -227,7 +232,8 @@ def main(argv=None) -> int:
         rows = {"transformers": dict(theirs, info=theirs,
                                      ran=f"Seq2SeqTrainer, transformers {theirs['transformers']}, "
                                          f"torch {theirs['torch']}"),
-                "bertgen_jax": dict(ours, ran="bertgen train"), "warmup_steps": warmup_steps}
+                "bertgen_jax": dict(ours, ran="bertgen train" + (f" --pack-rows {args.pack_rows}" * bool(args.pack_rows))),
+                "warmup_steps": warmup_steps}
         if warm is not None:  # the same job, so the same model: scored once
             rows["bertgen_jax_warm"] = dict(warm, ran="bertgen train, warm compilation cache")
         emit_table(markdown(args, rows, losses, evaluated, theirs["settings"], label_tokens, parent_mib),

@@ -14,6 +14,9 @@
   long data gets coarser steps, see `bucket_length`). The last batch of an epoch is filled with
   empty rows (all labels -100), which add nothing to the loss or the gradient, so every example is
   used and every batch has the same size.
+- Packing (`pack_rows` > 0, `training.packing`): each micro-batch's pairs go side by side into
+  `pack_rows` rows of one length fixed for the run, with segment ids and per-pair positions; batches
+  are then plain shuffles (no length grouping).
 - Labels: the target's token ids without a leading `decoder_start_token_id` (BERT's [CLS]); the
   model prepends it when shifting labels right into decoder inputs.
 """

@@ -1,7 +1,9 @@
 """The loss, its gradients and one jitted training step.
 
 Batches are dicts of int32 arrays shaped `[accum, batch, length]`: `input_ids`, `attention_mask`
-(source side) and `labels` (target ids, -100 where ignored). `accum` micro-batches are run one after
+(source side) and `labels` (target ids, -100 where ignored); a packed batch (several pairs per row,
+`training.packing`) adds `inputs.PACKED_KEYS` (segment ids and per-pair positions), from which the
+loss builds per-pair attention masks. `accum` micro-batches are run one after
 another inside the step (`lax.scan`); the token losses of all of them are summed and divided by the
 total number of label tokens, so the gradient is that of the token-mean loss over the whole
 accumulated batch. With `accum == 1` the loss is exactly transformers' EncoderDecoderModel loss:
