@@ -146,5 +146,13 @@ def test_loader_packs_every_batch_of_the_run_into_one_shape():
     plain = BatchLoader(data, batch_size=8, pad_token_id=0, seed=3, pool_batches=1)
     plain_positions = sum(b["input_ids"].size + b["labels"].size for _, b in plain.batches(epochs=1))
     assert len(plain) * 2 * (source_length + target_length) < plain_positions
+    # Accumulation: each micro-batch packs its own pairs; the epoch's short batch (2 pairs; batches are
+    # shuffled, so it is anywhere in the epoch) leaves its second micro-batch empty (padding rows only).
+    accumulated = BatchLoader(data, batch_size=8, accum=2, pad_token_id=0, seed=3, pack_rows=2)
+    batches = [b for _, b in accumulated.batches(epochs=1)]
+    assert all(b["input_ids"].shape[:2] == (2, 2) for b in batches)
+    assert sum(int(b["attention_mask"].sum() + (b["labels"] != -100).sum()) for b in batches) == total
+    empty = [b for b in batches if (b["labels"][1] == -100).all() and (b["source_segment_ids"][1] == 0).all()]
+    assert len(empty) == 1 and int((empty[0]["source_segment_ids"][0].max(axis=-1)).sum()) == 2
     with pytest.raises(ValueError, match="pack_rows must be between 1 and the batch size 8"):
         BatchLoader(data, batch_size=8, pad_token_id=0, pack_rows=9)
