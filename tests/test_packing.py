@@ -156,3 +156,41 @@ def test_loader_packs_every_batch_of_the_run_into_one_shape():
     assert len(empty) == 1 and int((empty[0]["source_segment_ids"][0].max(axis=-1)).sum()) == 2
     with pytest.raises(ValueError, match="pack_rows must be between 1 and the batch size 8"):
         BatchLoader(data, batch_size=8, pad_token_id=0, pack_rows=9)
+
+
+def _loader_for(data, batch_size=16):
+    return lambda rows: BatchLoader(data, batch_size=batch_size, pad_token_id=0, seed=0, pack_rows=rows)
+
+
+def test_auto_packs_short_pairs_and_not_a_long_tail():
+    """`--pack-rows auto`: batch / 4 rows where the plan (positions, plus attention's growth with the row)
+    saves at least 10%; one long pair sets every packed row's length, so a long tail stays unpacked."""
+    short = _data(seed=3, n=160, source_range=(4, 14), target_range=(4, 14))
+    assert packing.choose_pack_rows(_loader_for(short), 16, 1, 10, 384) == 4
+    plain, packed = (_loader_for(short)(rows).planned_cost(10, 384) for rows in (0, 4))
+    assert packed < 0.9 * plain
+    # Lengths that fill their bucket (10-13 tokens, padded to 13) leave packing too little to gain.
+    even = _data(seed=3, n=160, source_range=(10, 14), target_range=(10, 14))
+    assert packing.choose_pack_rows(_loader_for(even), 16, 1, 10, 384) == 0
+    tail = _data(seed=3, n=160, source_range=(4, 14), target_range=(4, 14))
+    tail.sources[7] = np.arange(3, 123, dtype=np.int32)  # one 120-token source
+    assert packing.choose_pack_rows(_loader_for(tail), 16, 1, 10, 384) == 0
+    # Rows must be a multiple of the batch shards and fewer than the batch.
+    assert packing.choose_pack_rows(_loader_for(short), 16, 8, 10, 384) == 0
+    assert packing.choose_pack_rows(_loader_for(short, 2), 2, 1, 10, 384) == 0
+    assert packing.choose_pack_rows(_loader_for(short), 16, 3, 10, 384) == 3  # 4 rounded down to 3 shards
+
+
+def test_pack_rows_argument():
+    import argparse
+
+    from bertgen_jax.training.cli import add_train_arguments
+
+    def parse(*extra):
+        return add_train_arguments(argparse.ArgumentParser()).parse_args(
+            ["--model", "m", "--train-file", "t.jsonl", "--output-dir", "o", *extra]).pack_rows
+
+    assert parse() == "auto" and parse("--pack-rows", "3") == 3 and parse("--pack-rows", "0") == 0
+    for bad in ("-1", "four"):
+        with pytest.raises(SystemExit):
+            parse("--pack-rows", bad)

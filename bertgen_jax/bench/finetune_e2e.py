@@ -13,9 +13,9 @@ evaluates during training nor writes intermediate checkpoints:
   `group_by_length=True`, in 5.x `train_sampling_strategy="group_by_length"`), `DataCollatorForSeq2Seq`
   padding each batch to its own longest, no dataloader workers; `trainer.save_model()` at the end;
 - bertgen_jax: `python -m bertgen_jax.cli train --encoder M --decoder M` with the same settings, no
-  --eval-file (no eval at all), --save-every 0, a fresh empty compilation cache (a cold first run), and
-  `--pack-rows 4` (each batch's 16 pairs packed into 4 rows, attention within each pair: its padding-free
-  setting, as length grouping is the Trainer's; `--pack-rows 0` runs the CLI's default, one pair per row).
+  --eval-file (no eval at all), --save-every 0, a fresh empty compilation cache (a cold first run); its
+  default `--pack-rows auto` packs each batch's 16 pairs into 4 rows on this data (attention within each
+  pair; `--pack-rows 0` here times one pair per row).
 
 Each is timed from process start to exit (wall clock: imports, data, compile, training, saving), with that
 process's peak RSS (wait4's ru_maxrss of the child; this parent stays small). Then one shared function
@@ -67,8 +67,7 @@ def bertgen_command(args, data: dict, output_dir: str, warmup_steps: int) -> lis
                "--seed", str(args.seed), "--log-every", str(args.log_every), "--save-every", "0", "--no-progress"]
     if args.trainer_sampler == "random":  # both sides draw plain shuffled batches
         command += ["--length-group-batches", "1"]
-    if args.pack_rows:
-        command += ["--pack-rows", str(args.pack_rows)]
+    command += ["--pack-rows", str(args.pack_rows)]
     if args.architecture == "bert-generation":
         command.append("--bert-generation-pair")
     if args.dtype == "bfloat16":
@@ -183,18 +182,15 @@ def main(argv=None) -> int:
                              "nearly decides the kind of pair), which changes the final loss, not only the speed; "
                              "random: plain shuffled batches, and bertgen train then runs with --length-group-batches 1 (the same "
                              "kind of batches on both sides, for a like-for-like loss)")
-    parser.add_argument("--pack-rows", type=int, default=None, metavar="ROWS",
-                        help="bertgen train --pack-rows ROWS: each batch's pairs packed into ROWS rows, our best "
-                             "setting as length grouping is the Trainer's (default: batch size / 4; 0: one pair "
-                             "per row, the CLI's default)")
+    parser.add_argument("--pack-rows", default="auto", metavar="ROWS|auto",
+                        help="passed to bertgen train: its default, auto, packs each batch's pairs into batch size / 4 "
+                             "rows where that saves compute (it does on this data); 0: one pair per row")
     parser.add_argument("--warm-cache", action="store_true",
                         help="also time a second bertgen train run with the compilation cache the first one filled")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.steps <= 0 or args.batch_size <= 0:
         parser.error("--steps and --batch-size must be positive")
-    if args.pack_rows is None:
-        args.pack_rows = max(1, args.batch_size // 4)
     require_jax_device_in_child(args.device)  # a one-line answer before minutes of work
     from bertgen_jax.data.fusion import write_fusion_dataset
 
@@ -237,7 +233,7 @@ def main(argv=None) -> int:
         rows = {"transformers": dict(theirs, info=theirs,
                                      ran=f"Seq2SeqTrainer, transformers {theirs['transformers']}, "
                                          f"torch {theirs['torch']}"),
-                "bertgen_jax": dict(ours, ran="bertgen train" + (f" --pack-rows {args.pack_rows}" * bool(args.pack_rows))),
+                "bertgen_jax": dict(ours, ran="bertgen train" + (f" --pack-rows {args.pack_rows}" * (args.pack_rows != "auto"))),
                 "warmup_steps": warmup_steps}
         if warm is not None:  # the same job, so the same model: scored once
             rows["bertgen_jax_warm"] = dict(warm, ran="bertgen train, warm compilation cache")

@@ -316,6 +316,26 @@ class BatchLoader:
                                               self.pad_token_id))
         return {key: np.stack([m[key] for m in micro_batches]) for key in micro_batches[0]}
 
+    def _padded_lengths(self, indices: np.ndarray) -> tuple[int, int]:
+        """(source, target) lengths of an unpacked batch: its longest, bucketed, capped at the data's longest."""
+        longest = (max(len(self.data.sources[i]) for i in indices), max(len(self.data.labels[i]) for i in indices))
+        return tuple(min(bucket_length(n, self.pad_to_multiple_of), cap) for n, cap in zip(longest, self._max_lengths))
+
+    def planned_cost(self, batches: int, hidden_size: int) -> float:
+        """The relative compute of the first `batches` batches (`packing.row_cost` summed over their rows,
+        both sides): what `packing.choose_pack_rows` compares."""
+        total, done, epoch = 0.0, 0, 0
+        while done < batches:
+            for indices in self.epoch_order(epoch)[: batches - done]:
+                if self.pack_rows:
+                    lengths, rows = self.packed_lengths, self.accum * self.pack_rows
+                else:
+                    lengths, rows = self._padded_lengths(indices), self.examples_per_batch
+                total += rows * sum(packing.row_cost(n, hidden_size) for n in lengths)
+                done += 1
+            epoch += 1
+        return total
+
     def make_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Pad the examples at `indices` (plus empty rows up to the batch size) into arrays; with
         `pack_rows`, pack each micro-batch's examples into that many rows (`training.packing`)."""
@@ -323,8 +343,7 @@ class BatchLoader:
             return self._packed_batch(indices)
         sources = [self.data.sources[i] for i in indices]
         labels = [self.data.labels[i] for i in indices]
-        src_len = min(bucket_length(max(len(s) for s in sources), self.pad_to_multiple_of), self._max_lengths[0])
-        tgt_len = min(bucket_length(max(len(t) for t in labels), self.pad_to_multiple_of), self._max_lengths[1])
+        src_len, tgt_len = self._padded_lengths(indices)
         rows = self.examples_per_batch
         input_ids = np.full((rows, src_len), self.pad_token_id, np.int32)
         attention_mask = np.zeros((rows, src_len), np.int32)

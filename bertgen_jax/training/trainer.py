@@ -48,7 +48,7 @@ import numpy as np
 
 from ..compile_cache import enable_for_training
 from ..models import atomic_write_bytes, atomic_write_text, release_freed_host_memory
-from . import distributed
+from . import distributed, packing
 from . import sharding as sh
 from .checkpoint import Checkpointer
 from .data import BatchLoader, BatchPosition, TokenizedData, count_tokens
@@ -92,7 +92,9 @@ class TrainConfig:
     eval_batch_size: Optional[int] = None
     pad_to_multiple_of: int = 8  # padded lengths (see data.bucket_length): larger -> fewer compiled shapes
     length_group_batches: int = 50  # batches per length-sorted pool (1: plain shuffled batches, no grouping)
-    pack_rows: int = 0  # > 0: each micro-batch's pairs packed into this many rows (training.packing); 0: one per row
+    # > 0: each micro-batch's pairs packed into this many rows (training.packing); 0: one pair per row;
+    # "auto" (the CLI's default): batch_size / 4 rows where the plan says packing saves compute.
+    pack_rows: object = 0
     eval_samples: int = 0  # > 0: generate for this many eval sources and score them (needs model.generate)
     max_source_length: int = 128
     max_target_length: int = 128  # streamed data is tokenized with these limits
@@ -176,10 +178,13 @@ class Trainer:
         self.pad_id = pad_id
         self.batch_sharding = sh.batch_sharding(self.mesh)
         self.streaming = isinstance(train_data, PairSource)
-        if c.pack_rows and (self.streaming or c.pack_rows % divisor):
+        if c.pack_rows != "auto" and (not isinstance(c.pack_rows, int) or c.pack_rows < 0):
+            raise ValueError(f"pack_rows must be a number of rows, 0 or 'auto', got {c.pack_rows!r}")
+        if c.pack_rows != "auto" and c.pack_rows and (self.streaming or c.pack_rows % divisor):
             raise ValueError(f"pack_rows {c.pack_rows}: " + (
                 "packing needs data read up front (not streamed)" if self.streaming else
                 f"must be a multiple of data x fsdp = {divisor} (the mesh {dict(self.mesh.shape)})"))
+        self.pack_rows = 0
         if self.streaming:
             # This process reads only the batch rows its own devices hold.
             self.local_rows = _local_batch_rows(self.batch_sharding, c.grad_accum, c.batch_size)
@@ -193,16 +198,28 @@ class Trainer:
             self._length_caps = (min(c.max_source_length, _max_positions(model.config.encoder)),
                                  min(c.max_target_length, _max_positions(model.config.decoder)))
         else:
-            self.loader = BatchLoader(train_data, batch_size=c.batch_size, accum=c.grad_accum, seed=c.seed,
-                                      pad_token_id=pad_id, pad_to_multiple_of=c.pad_to_multiple_of,
-                                      pool_batches=c.length_group_batches, pack_rows=c.pack_rows)
-            # Packed rows get one shape for every epoch the run covers (one compiled step).
-            steps = c.max_steps if c.max_steps is not None else c.epochs * len(self.loader)
-            self.loader.pack_epochs = max(1, -(-steps // len(self.loader)))
+            loaders: dict = {}
+
+            def loader_for(rows: int) -> BatchLoader:
+                if rows not in loaders:
+                    loader = BatchLoader(train_data, batch_size=c.batch_size, accum=c.grad_accum, seed=c.seed,
+                                         pad_token_id=pad_id, pad_to_multiple_of=c.pad_to_multiple_of,
+                                         pool_batches=c.length_group_batches, pack_rows=rows)
+                    # Packed rows get one shape for every epoch the run covers (one compiled step).
+                    loader.pack_epochs = max(1, -(-self._planned_steps(len(loader)) // len(loader)))
+                    loaders[rows] = loader
+                return loaders[rows]
+
+            self.pack_rows = c.pack_rows
+            if c.pack_rows == "auto":
+                hidden = max(model.config.encoder.hidden_size, model.config.decoder.hidden_size)
+                self.pack_rows = packing.choose_pack_rows(loader_for, c.batch_size, divisor,
+                                                          self._planned_steps(len(loader_for(0))), hidden)
+            self.loader = loader_for(self.pack_rows)
         self.eval_loader = None if eval_data is None else BatchLoader(
             eval_data, batch_size=c.eval_batch_size or c.batch_size, seed=c.seed, shuffle=False, pad_token_id=pad_id,
             pad_to_multiple_of=c.pad_to_multiple_of)
-        self.total_steps = c.max_steps if c.max_steps is not None else c.epochs * len(self.loader)
+        self.total_steps = self._planned_steps(len(self.loader))
         if self.total_steps <= 0:
             raise ValueError(f"nothing to train: {self.total_steps} steps")
         warmup = c.warmup_steps if c.warmup_steps is not None else int(math.ceil(c.warmup_ratio * self.total_steps))
@@ -228,6 +245,10 @@ class Trainer:
         self.history: list[dict] = []
         self._writer = None
         self._stop: Optional[_StopOnInterrupt] = None
+
+    def _planned_steps(self, batches_per_epoch: int) -> int:
+        c = self.config
+        return c.max_steps if c.max_steps is not None else c.epochs * batches_per_epoch
 
     # ------------------------------------------------------------------ paths
     def path(self, *parts) -> str:
@@ -436,8 +457,8 @@ class Trainer:
         release_freed_host_memory()  # the host copies made while building the train state
         self._open_writer(step)
         packed = ""
-        if c.pack_rows:
-            packed = " packed into {} rows of {} source + {} target tokens".format(c.pack_rows,
+        if self.pack_rows:
+            packed = " packed into {} rows of {} source + {} target tokens".format(self.pack_rows,
                                                                                   *self.loader.packed_lengths)
         self._message(f"training {self.total_steps} steps ({len(self.loader)} batches of "
                       f"{self.loader.examples_per_batch} per epoch{packed}) on mesh {dict(self.mesh.shape)}; " + layout)
