@@ -181,7 +181,8 @@ def train_config_from_args(args):
         eval_samples=args.eval_samples, max_source_length=args.max_source_length,
         max_target_length=args.max_target_length,
         pad_to_multiple_of=args.pad_to_multiple_of, length_group_batches=args.length_group_batches,
-        pack_rows=args.pack_rows, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, progress=not args.no_progress)
+        pack_rows=args.pack_rows, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+        progress=not args.no_progress)
 
 
 # Settings that may differ between the processes of one run (everything else must match).
