@@ -2,7 +2,8 @@
 loss and gradients of the same pairs padded one per row, within 1e-5 (float32, no dropout), for the
 BertGeneration pair with every position type, the BERT and RoBERTa pairs, label smoothing and the
 labelled-rows LM head; the packer places every pair once, keeps each pair's tokens in order, and balances
-the rows; the loader fixes one packed shape for the run and packs every batch into it."""
+the rows; the loader fixes one packed shape for the run and packs every batch into it; `--pack-rows auto`
+packs where the plan saves compute and not where one long pair would stretch every row."""
 
 from __future__ import annotations
 
