@@ -196,17 +196,13 @@ def _training_inputs(batch, config) -> dict:
                 cross_attention_mask=cross_mask)
 
 
-def _lm_head_inputs(module, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, deterministic,
-                    position_ids=None, decoder_position_ids=None, cross_attention_mask=None):
-    """(an EncoderDecoderModule method) What the decoder's LM head projects: the hidden states after
-    the head's own transform (BERT: dense, activation, LayerNorm; RoBERTa: dense, GELU, layer_norm;
-    BertGeneration: none), the projection matrix (tied word embeddings [vocab, H], else the head's
-    `decoder` kernel [H, vocab]), its bias, and whether the matrix is vocabulary-major. The decoder's
-    own logits are left unused, so XLA drops that projection."""
-    encoded = module.encode(input_ids, attention_mask, position_ids, deterministic=deterministic)
-    decoded = module.decode(decoder_input_ids, encoded["last_hidden_state"],
-                            attention_mask if cross_attention_mask is None else cross_attention_mask,
-                            decoder_attention_mask, decoder_position_ids, deterministic=deterministic)
+def _lm_head_inputs(module, deterministic, **inputs):
+    """(an EncoderDecoderModule method; `inputs` as `_training_inputs` makes them) What the decoder's LM
+    head projects: the hidden states after the head's own transform (BERT: dense, activation, LayerNorm;
+    RoBERTa: dense, GELU, layer_norm; BertGeneration: none), the projection matrix (tied word embeddings
+    [vocab, H], else the head's `decoder` kernel [H, vocab]), its bias, and whether the matrix is
+    vocabulary-major. The decoder's own logits are left unused, so XLA drops that projection."""
+    _, decoded = module(**inputs, deterministic=deterministic)
     decoder, hidden = module.decoder, decoded["last_hidden_state"]
     if isinstance(decoder, BertLMHeadModule):
         stack, head = decoder.bert, decoder.cls.predictions
