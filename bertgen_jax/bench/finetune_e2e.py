@@ -233,8 +233,8 @@ def main(argv=None) -> int:
         rows = {"transformers": dict(theirs, info=theirs,
                                      ran=f"Seq2SeqTrainer, transformers {theirs['transformers']}, "
                                          f"torch {theirs['torch']}"),
-                "bertgen_jax": dict(ours, ran="bertgen train" + (f" --pack-rows {args.pack_rows}"
-                                                                 * (args.pack_rows != "auto"))),
+                "bertgen_jax": dict(ours, ran="bertgen train" if args.pack_rows == "auto"
+                                    else f"bertgen train --pack-rows {args.pack_rows}"),
                 "warmup_steps": warmup_steps}
         if warm is not None:  # the same job, so the same model: scored once
             rows["bertgen_jax_warm"] = dict(warm, ran="bertgen train, warm compilation cache")

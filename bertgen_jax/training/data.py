@@ -286,9 +286,12 @@ class BatchLoader:
     def _micro_batches(self, indices: np.ndarray) -> list[np.ndarray]:
         return [indices[i:i + self.batch_size] for i in range(0, self.examples_per_batch, self.batch_size)]
 
-    def _assign(self, indices: np.ndarray) -> list[list[int]]:
-        return packing.assign_rows([len(self.data.sources[i]) for i in indices],
-                                   [len(self.data.labels[i]) for i in indices], self.pack_rows)
+    def _pairs(self, indices: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        return [self.data.sources[i] for i in indices], [self.data.labels[i] for i in indices]
+
+    def _assign(self, sources, labels) -> list[list[int]]:
+        # No pairs (the empty second micro-batch of a short last batch): `pack_rows` empty rows.
+        return packing.assign_rows(list(map(len, sources)), list(map(len, labels)), self.pack_rows)
 
     @property
     def packed_lengths(self) -> tuple[int, int]:
@@ -299,10 +302,9 @@ class BatchLoader:
             for epoch in range(self.pack_epochs):
                 for indices in self.epoch_order(epoch):
                     for micro in self._micro_batches(indices):
-                        if len(micro):
-                            taken = [self.data.sources[i] for i in micro], [self.data.labels[i] for i in micro]
-                            lengths = packing.row_lengths(*taken, self._assign(micro))
-                            longest = (max(longest[0], lengths[0]), max(longest[1], lengths[1]))
+                        pairs = self._pairs(micro)
+                        lengths = packing.row_lengths(*pairs, self._assign(*pairs))
+                        longest = (max(longest[0], lengths[0]), max(longest[1], lengths[1]))
             self._packed_lengths = longest
         return self._packed_lengths
 
@@ -310,9 +312,8 @@ class BatchLoader:
         source_length, target_length = self.packed_lengths
         micro_batches = []
         for micro in self._micro_batches(indices):
-            sources, labels = [self.data.sources[i] for i in micro], [self.data.labels[i] for i in micro]
-            assignment = self._assign(micro) if len(micro) else [[] for _ in range(self.pack_rows)]
-            micro_batches.append(packing.pack(sources, labels, assignment, source_length, target_length,
+            pairs = self._pairs(micro)
+            micro_batches.append(packing.pack(*pairs, self._assign(*pairs), source_length, target_length,
                                               self.pad_token_id))
         return {key: np.stack([m[key] for m in micro_batches]) for key in micro_batches[0]}
 
@@ -341,8 +342,7 @@ class BatchLoader:
         `pack_rows`, pack each micro-batch's examples into that many rows (`training.packing`)."""
         if self.pack_rows:
             return self._packed_batch(indices)
-        sources = [self.data.sources[i] for i in indices]
-        labels = [self.data.labels[i] for i in indices]
+        sources, labels = self._pairs(indices)
         src_len, tgt_len = self._padded_lengths(indices)
         rows = self.examples_per_batch
         input_ids = np.full((rows, src_len), self.pad_token_id, np.int32)

@@ -36,6 +36,7 @@ def model_inputs(batch) -> dict:
     """The batch leaves the loss reads: BATCH_KEYS, and a packed batch's segment ids and positions."""
     return {k: batch[k] for k in BATCH_KEYS + (PACKED_KEYS if is_packed(batch) else ())}
 
+
 # Dropout keys are JAX's "unsafe_rbg" keys (XLA's RngBitGenerator, what MaxText uses for dropout) instead of
 # threefry: threefry's hash is inlined at each of the ~50 dropout sites of a 6+6-layer model and was half of
 # the training step's compile time on CPU. Each site draws two seeds from its key; the mask itself is the
