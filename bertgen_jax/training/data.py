@@ -325,14 +325,15 @@ class BatchLoader:
     def planned_cost(self, batches: int, hidden_size: int) -> float:
         """The relative compute of the first `batches` batches (`packing.row_cost` summed over their rows,
         both sides): what `packing.choose_pack_rows` compares."""
+        def cost(lengths, rows):
+            return rows * sum(packing.row_cost(n, hidden_size) for n in lengths)
+
+        if self.pack_rows:  # every batch has the same packed shape
+            return batches * cost(self.packed_lengths, self.accum * self.pack_rows)
         total, done, epoch = 0.0, 0, 0
         while done < batches:
             for indices in self.epoch_order(epoch)[: batches - done]:
-                if self.pack_rows:
-                    lengths, rows = self.packed_lengths, self.accum * self.pack_rows
-                else:
-                    lengths, rows = self._padded_lengths(indices), self.examples_per_batch
-                total += rows * sum(packing.row_cost(n, hidden_size) for n in lengths)
+                total += cost(self._padded_lengths(indices), self.examples_per_batch)
                 done += 1
             epoch += 1
         return total
