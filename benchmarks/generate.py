@@ -2,7 +2,10 @@
 
 import sys
 
-from bertgen_jax.bench.generate import main
+from bertgen_jax.launch import reexec_with_huge_pages
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()  # as the `bertgen` program does, before JAX loads (bertgen_jax/launch.py)
+    from bertgen_jax.bench.generate import main
+
     sys.exit(main())

@@ -36,7 +36,7 @@ from .hub import resolve_model_dir
 from .inputs import (IGNORE_INDEX, causal_lm_loss, check_mask, check_positions, check_token_ids,  # noqa: F401
                      cross_entropy, is_packed, is_traced, labelled_lm_loss, packed_attention_masks,
                      packed_decoder_input_ids, shift_tokens_right, token_losses)
-from .modules import BertGenerationModule, DecoderModule, separate_projections
+from .modules import BertGenerationModule, DecoderModule
 from .quantization import QuantizationConfig, dequantize_tree, is_quantized_leaf, quantize_params
 
 logger = logging.getLogger(__name__)
@@ -712,11 +712,6 @@ class EncoderDecoderModel(_FlaxModel):
         module_params = self._module_params
 
         def loss_sum(params, batch, dropout_rng):
-            # Per-layer Q/K/V matmuls: joining the kernels would run at every training step.
-            with separate_projections():
-                return _loss_sum(params, batch, dropout_rng)
-
-        def _loss_sum(params, batch, dropout_rng):
             labels = batch["labels"]
             inputs = _training_inputs(batch, c)
             if not labelled_only:

@@ -17,8 +17,6 @@ is float32's min, as transformers uses for float32 models.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 from typing import Any
 
@@ -110,48 +108,6 @@ class QuantDense(nn.Dense):
         return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
-# Whether `fused_dense` joins the kernels. Training turns it off (`separate_projections`): there the
-# params change every step, so joining the kernels (and splitting their gradient back) runs every step,
-# ~8% of a MiniLM training step's kernel time on CPU, while matmuls over a batch's hundreds of rows gain
-# nothing from being joined. Decoding keeps it: there the join is hoisted out of the loop.
-_FUSE_PROJECTIONS = contextvars.ContextVar("bertgen_fuse_projections", default=True)
-
-
-@contextlib.contextmanager
-def separate_projections():
-    """While tracing inside this block, `fused_dense` calls each Dense layer on its own."""
-    token = _FUSE_PROJECTIONS.set(False)
-    try:
-        yield
-    finally:
-        _FUSE_PROJECTIONS.reset(token)
-
-
-def fused_dense(module: nn.Module, names, inputs):
-    """The Dense layers `names` of `module` applied to the same `inputs` as ONE matmul:
-    inputs @ [W_a | W_b | ...] + [b_a | b_b | ...], split back into one output per layer.
-
-    The layers keep their own params (transformers' names and layout); only the call is fused. The
-    concatenation depends on the params alone, so inside the decoding `while_loop` XLA hoists it and
-    runs it once per generate. Init (which creates the params), quantized kernels (QuantDense
-    dequantizes each at its call, see there) and training (`separate_projections`) take the per-layer
-    path.
-    """
-    layers = [getattr(module, name) for name in names]
-    if module.is_initializing() or not _FUSE_PROJECTIONS.get():
-        return [layer(inputs) for layer in layers]
-    params = module.variables["params"]
-    if any(is_quantized_leaf(params[name]["kernel"]) for name in names):
-        return [layer(inputs) for layer in layers]
-    first = layers[0]
-    kernel = jnp.concatenate([params[name]["kernel"] for name in names], axis=1)
-    bias = jnp.concatenate([params[name]["bias"] for name in names])
-    inputs, kernel, bias = first.promote_dtype(inputs, kernel, bias, dtype=first.dtype)
-    y = jax.lax.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=first.precision)
-    y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
-    return jnp.split(y, len(names), axis=-1)
-
-
 def _dense(config, features, dtype, param_dtype, name=None):
     # QuantDense is nn.Dense that also takes an int8/int4 kernel and dequantizes it at the call.
     return QuantDense(features, dtype=dtype, param_dtype=param_dtype, kernel_init=_normal(config),
@@ -223,14 +179,17 @@ class MultiHeadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.reshape(batch, length, self.config.num_attention_heads, self.config.head_dim).transpose(0, 2, 1, 3)
 
+    # Q, K and V are three matmuls. Joining their kernels into one [H, 3H] matmul was measured slower on
+    # CPU: the join is a copy of the kernels at every call (per generate for the encoder and cross-attention,
+    # hoisted out of the decoding loop for self-attention, per step in training), and the joined matmul
+    # saved less than that copy cost (L24 greedy batch 1: 101 -> 77 ms/token without it).
     def project_key_value(self, states):
-        """Keys and values [B, heads, S, d] of `states` (one matmul; used to fill caches once)."""
-        key, value = fused_dense(self, ("key", "value"), states)
-        return self._split_heads(key), self._split_heads(value)
+        """Keys and values [B, heads, S, d] of `states` (used to fill caches once)."""
+        return self._split_heads(self.key(states)), self._split_heads(self.value(states))
 
     def project_query_key_value(self, hidden):
-        """Queries, keys and values [B, heads, T, d] of `hidden` (self-attention: one matmul)."""
-        return tuple(self._split_heads(x) for x in fused_dense(self, ("query", "key", "value"), hidden))
+        """Queries, keys and values [B, heads, T, d] of `hidden` (self-attention)."""
+        return tuple(self._split_heads(getattr(self, name)(hidden)) for name in ("query", "key", "value"))
 
     def __call__(self, hidden, key, value, bias, query_positions=None, key_positions=None,
                  layer_head_mask=None, deterministic: bool = True, query=None):
