@@ -93,3 +93,21 @@ print(getattr(shuffled, "group_by_length", False) or getattr(shuffled, "train_sa
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split() == ["random", "no", "no", "True", "16", "150", "15", "False", "False"], out.stderr
+
+
+@pytest.mark.parametrize("bandwidth", [40.0, None])
+def test_generate_table_rows_match_the_header(bandwidth):
+    """Every row of the generate table has the header's columns, with the floor cells filled on CPU
+    (a measured bandwidth) and dashes on a GPU (none)."""
+    from bertgen_jax.bench import generate
+
+    rows = [dict(size="minilm", scenario="greedy b1", torch_ms=20.0, ours_ms=8.0, ratio=2.5, compile_s=2.0,
+                 step_ms=6.0, floor_ms=2.0 if bandwidth else None)]
+    info = {"transformers": "5.24.0", "torch": "2.13.0", "threads": 2, "device": "cpu"}
+    lines = [line for line in generate.markdown(rows, bandwidth, info, "float32").splitlines() if line.startswith("|")]
+    header, separator, row = lines
+    assert header.count("|") == separator.count("|") == row.count("|") == 11
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[6] == "6.00"
+    assert cells[7:] == (["2.00", "4.00", "3.00"] if bandwidth else ["-", "-", "-"])
+
