@@ -66,12 +66,11 @@ def run_size(size: str, repeats: int, bandwidth: float, args) -> tuple[list, dic
         ours = EncoderDecoderModel.from_pretrained(workdir, dtype=dtype, param_dtype=dtype)
     floor_ms = theirs["decoder_bytes"] / (bandwidth * 1e9) * 1e3 if bandwidth else None
     for name, options, ids in generation_inputs(ours.config.encoder.vocab_size):
-        kwargs = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, **options)
-        key = jax.random.PRNGKey(0)
+        key = jax.random.PRNGKey(0) if options.get("do_sample") else None
 
         def run_ours(new_tokens=NEW_TOKENS):
-            out = ours.generate(ids, np.ones_like(ids), prng_key=key if kwargs.get("do_sample") else None,
-                                **dict(kwargs, max_new_tokens=new_tokens, min_new_tokens=new_tokens))
+            out = ours.generate(ids, np.ones_like(ids), prng_key=key, max_new_tokens=new_tokens,
+                                min_new_tokens=new_tokens, **options)
             seq = np.asarray(out.sequences)  # blocks until done
             assert seq.shape[1] == new_tokens + 1
 
