@@ -237,6 +237,36 @@ def test_adamw_steps_match_pytorch(save_dir):
         assert np.max(np.abs(value - theirs)) <= 1e-3 * lr + 1e-6 * np.max(np.abs(theirs)), key
 
 
+def test_the_step_writes_its_gradients_into_one_reused_buffer(save_dir):
+    """The step runs as two programs (gradients, then the update); the gradients go into the buffer the
+    previous step's gradients occupied (donated and aliased: no fresh gradient arrays each step), and
+    the result is the joined computation's: the gradient program alone gives the same loss, and the
+    update is AdamW on those gradients."""
+    fm = _load(tiny_encoder_decoder(seed=4, num_hidden_layers=1), save_dir)
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3, max_grad_norm=1.0, total_steps=4), fm.params)
+    step = make_train_step(fm, optimizer, deterministic=True)
+    state = create_train_state(fm.params, optimizer)
+    batches = [_jax_batch(*_labelled_batch(seed=40 + i)) for i in range(3)]
+    pointers = []
+    for batch in batches:
+        expected_loss, expected_grads, _ = jax.jit(make_grad_fn(fm, deterministic=True))(
+            state.params, batch, jax.random.split(state.rng)[1])
+        before = jax.device_get(state.params)
+        state, metrics = step(state, batch)
+        buffer = step._buffer
+        pointers.append([leaf.unsafe_buffer_pointer() for leaf in jax.tree_util.tree_leaves(buffer)])
+        np.testing.assert_allclose(float(metrics["loss"]), float(expected_loss), rtol=1e-6)
+        for got, want in zip(jax.tree_util.tree_leaves(buffer), jax.tree_util.tree_leaves(expected_grads)):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+        assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
+                                                             jax.tree_util.tree_leaves(jax.device_get(state.params))))
+    # The third step wrote into the buffer the second one had written (not donated, a new buffer would be
+    # made while the old one is still alive: different addresses).
+    assert pointers[1] == pointers[2]
+    step.release()
+    assert step._buffer is None
+
+
 @pytest.mark.parametrize("max_norm", [0.05, 1e3])  # clipping on, and a norm under the limit
 def test_gradient_clipping_is_torch_clip_grad_norm(max_norm):
     """optim.clip_by_global_norm scales every gradient by min(1, max_norm / (norm + 1e-6)), as
@@ -409,12 +439,13 @@ def test_the_first_step_compiles_before_the_train_state_exists(copy_task, tmp_pa
         return init_state(params)
 
     trainer._init_state = init_and_record
-    jit_cache_before = trainer.train_step.jitted._cache_size()
+    parts = (trainer.train_step.gradients, trainer.train_step.update)
+    jit_cache_before = [part.jitted._cache_size() for part in parts]
     trainer.train()
-    assert seen["programs_at_init"] == 1
-    # The copy task's batches share one bucket: every step ran the program compiled ahead.
-    assert len(trainer.train_step.programs) == 1
-    assert trainer.train_step.jitted._cache_size() == jit_cache_before
+    assert seen["programs_at_init"] == 2  # the gradients' program and the update's
+    # The copy task's batches share one bucket: every step ran the programs compiled ahead.
+    assert len(trainer.train_step.programs) == 2
+    assert [part.jitted._cache_size() for part in parts] == jit_cache_before
 
 
 def test_resume_gives_the_same_result_as_a_straight_run(copy_task, tmp_path):

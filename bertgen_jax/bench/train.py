@@ -60,7 +60,6 @@ def jax_worker(model_dir: str, steps: int, device: str, dtype: str) -> dict:
 
     from bertgen_jax import EncoderDecoderModel
     from bertgen_jax.training import sharding as sh
-    from bertgen_jax.training.distributed import CompiledTogether
     from bertgen_jax.training.optim import OptimizerConfig, make_optimizer
     from bertgen_jax.training.step import create_train_state, make_train_step
     from converters.checkpoint_io import release_freed_host_memory
@@ -73,9 +72,9 @@ def jax_worker(model_dir: str, steps: int, device: str, dtype: str) -> dict:
     init = lambda params: create_train_state(params, optimizer, 0)  # noqa: E731
     state_sharding = sh.state_shardings(jax.eval_shape(init, model.params), optimizer, mesh)
     batch_sharding = sh.batch_sharding(mesh)
-    train_step = CompiledTogether(make_train_step(
+    train_step = make_train_step(
         model, optimizer, deterministic=False, state_sharding=state_sharding, batch_sharding=batch_sharding,
-        compute_dtype=jnp.bfloat16 if dtype == "bfloat16" else None), "train_step")
+        compute_dtype=jnp.bfloat16 if dtype == "bfloat16" else None)
     ids, mask, labels = train_step_batch(model.config.encoder.vocab_size)
     host_batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     host_batch = {k: v[None].astype(np.int32) for k, v in host_batch.items()}  # [accum=1, B, T]

@@ -235,10 +235,10 @@ class Trainer:
         # (model.params gets the trained values back at the end).
         self._init_state = jax.jit(init, out_shardings=self.state_sharding, donate_argnums=0)
         # Each batch shard gathers its own labelled positions for the LM head (work stays on its devices).
-        self.train_step = distributed.CompiledTogether(make_train_step(
+        self.train_step = make_train_step(
             model, self.optimizer, label_smoothing=c.label_smoothing, deterministic=not c.dropout,
             compute_dtype=compute_dtype, state_sharding=self.state_sharding, batch_sharding=self.batch_sharding,
-            labelled_only=c.labelled_lm_head, row_groups=divisor), "train_step")
+            labelled_only=c.labelled_lm_head, row_groups=divisor)
         self.eval_step = distributed.CompiledTogether(make_eval_step(
             model, compute_dtype=compute_dtype, params_sharding=self.state_sharding.params,
             batch_sharding=self.batch_sharding, labelled_only=c.labelled_lm_head, row_groups=divisor), "eval_step")
@@ -538,8 +538,10 @@ class Trainer:
         if interrupted or c.save_every or c.save_final_checkpoint:  # what a resume (or a later run) starts from
             self._save(checkpointer, state, position)
         checkpointer.wait_until_finished()  # the checkpoints are on disk before the run reports success
-        # The optimizer state (2x the params) is not needed any more: free it before the host copy of
-        # the params, the final eval and the export, which would otherwise raise the peak memory.
+        # The optimizer state (2x the params) and the step's gradient buffer are not needed any more: free
+        # them before the host copy of the params, the final eval and the export, which would otherwise
+        # raise the peak memory.
+        self.train_step.release()
         for leaf in jax.tree_util.tree_leaves(state.opt_state):
             if isinstance(leaf, jax.Array) and not leaf.is_deleted():
                 leaf.delete()
