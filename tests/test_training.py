@@ -248,11 +248,11 @@ def test_the_step_writes_its_gradients_into_one_reused_buffer(save_dir):
     state = create_train_state(fm.params, optimizer)
     batches = [_jax_batch(*_labelled_batch(seed=40 + i)) for i in range(3)]
     pointers = []
-    for batch in batches:
+    for micro in batches:
         expected_loss, expected_grads, _ = jax.jit(make_grad_fn(fm, deterministic=True))(
-            state.params, batch, jax.random.split(state.rng)[1])
+            state.params, micro, jax.random.split(state.rng)[1])
         before = jax.device_get(state.params)
-        state, metrics = step(state, batch)
+        state, metrics = step(state, micro)
         buffer = step._buffer
         pointers.append([leaf.unsafe_buffer_pointer() for leaf in jax.tree_util.tree_leaves(buffer)])
         np.testing.assert_allclose(float(metrics["loss"]), float(expected_loss), rtol=1e-6)
