@@ -237,7 +237,7 @@ def test_adamw_steps_match_pytorch(save_dir):
         assert np.max(np.abs(value - theirs)) <= 1e-3 * lr + 1e-6 * np.max(np.abs(theirs)), key
 
 
-def test_the_step_writes_its_gradients_into_one_reused_buffer(save_dir):
+def test_the_step_writes_its_gradients_into_one_reused_buffer_and_matches_the_joined_step(save_dir):
     """The step runs as two programs (gradients, then the update); the gradients go into the buffer the
     previous step's gradients occupied (donated and aliased: no fresh gradient arrays each step), and
     the result is the joined computation's: the gradient program alone gives the same loss, and the
@@ -245,8 +245,11 @@ def test_the_step_writes_its_gradients_into_one_reused_buffer(save_dir):
     fm = _load(tiny_encoder_decoder(seed=4, num_hidden_layers=1), save_dir)
     optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3, max_grad_norm=1.0, total_steps=4), fm.params)
     step = make_train_step(fm, optimizer, deterministic=True)
+    assert len(step.parts) == 2  # a small model: separate programs by default
     state = create_train_state(fm.params, optimizer)
     batches = [_jax_batch(*_labelled_batch(seed=40 + i)) for i in range(3)]
+    joined = make_train_step(fm, optimizer, deterministic=False, separate_update=False)
+    assert len(joined.parts) == 1
     pointers = []
     for micro in batches:
         expected_loss, expected_grads, _ = jax.jit(make_grad_fn(fm, deterministic=True))(
@@ -265,6 +268,30 @@ def test_the_step_writes_its_gradients_into_one_reused_buffer(save_dir):
     assert pointers[1] == pointers[2]
     step.release()
     assert step._buffer is None
+
+    # One program or two: the same updates, dropout on (the same keys drawn from the state's rng).
+    separate = make_train_step(fm, optimizer, deterministic=False, separate_update=True)
+    states = {"joined": create_train_state(fm.params, optimizer, seed=5),
+              "separate": create_train_state(fm.params, optimizer, seed=5)}
+    for micro in batches:
+        metrics = {}
+        for name, train_step in (("joined", joined), ("separate", separate)):
+            states[name], metrics[name] = train_step(states[name], micro)
+        for key in ("loss", "label_tokens", "grad_norm"):
+            np.testing.assert_allclose(float(metrics["joined"][key]), float(metrics["separate"][key]), rtol=1e-6)
+    assert int(states["joined"].step) == int(states["separate"].step) == 3
+    np.testing.assert_array_equal(np.asarray(states["joined"].rng), np.asarray(states["separate"].rng))
+    for a, b in zip(jax.tree_util.tree_leaves(states["joined"].params), jax.tree_util.tree_leaves(states["separate"].params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_separate_update_by_default_goes_by_parameter_count():
+    from bertgen_jax.training.step import SEPARATE_UPDATE_MAX_PARAMS, separate_update_by_default
+
+    shapes = {"a": jax.ShapeDtypeStruct((SEPARATE_UPDATE_MAX_PARAMS // 2,), jnp.float32)}
+    assert separate_update_by_default(shapes)
+    shapes["b"] = jax.ShapeDtypeStruct((SEPARATE_UPDATE_MAX_PARAMS // 2 + 1,), jnp.float32)
+    assert not separate_update_by_default(shapes)
 
 
 @pytest.mark.parametrize("max_norm", [0.05, 1e3])  # clipping on, and a norm under the limit
@@ -439,10 +466,11 @@ def test_the_first_step_compiles_before_the_train_state_exists(copy_task, tmp_pa
         return init_state(params)
 
     trainer._init_state = init_and_record
-    parts = (trainer.train_step.gradients, trainer.train_step.update)
+    parts = trainer.train_step.parts
+    assert len(parts) == 2  # a small model: the gradients' program and the update's
     jit_cache_before = [part.jitted._cache_size() for part in parts]
     trainer.train()
-    assert seen["programs_at_init"] == 2  # the gradients' program and the update's
+    assert seen["programs_at_init"] == 2
     # The copy task's batches share one bucket: every step ran the programs compiled ahead.
     assert len(trainer.train_step.programs) == 2
     assert [part.jitted._cache_size() for part in parts] == jit_cache_before
@@ -613,3 +641,17 @@ def test_generation_eval_plumbing(copy_task):
     assert score_texts(["tom was here ."], ["Tom was here ."], lowercase=True) == {"bleu": pytest.approx(100.0),
                                                                                    "exact_match": 100.0}
     assert tokenizer_lowercases(tokenizer)
+
+
+def test_separate_update_argument():
+    from bertgen_jax.training.cli import train_config_from_args
+
+    def config(*extra):
+        return train_config_from_args(add_train_arguments(argparse.ArgumentParser()).parse_args(
+            ["--model", "m", "--train-file", "t.jsonl", "--output-dir", "o", *extra]))
+
+    assert config().separate_update is None
+    assert config("--separate-update", "on").separate_update is True
+    assert config("--separate-update", "off").separate_update is False
+    with pytest.raises(SystemExit):
+        config("--separate-update", "2")

@@ -145,7 +145,7 @@ def test_dropout_masks_come_from_the_fused_counter_hash(save_dir):
     stacked = {k: v[None] for k, v in micro.items()}
     optimizer = optax.adamw(1e-3)
     state = create_train_state(model.params, optimizer)
-    lowered = make_train_step(model, optimizer).gradients.jitted.lower(
+    lowered = make_train_step(model, optimizer, separate_update=True).gradients.jitted.lower(
         state.params, stacked, state.rng, state.params).as_text()
     dropout_sites = 2 * model.config.encoder.num_hidden_layers + 3 * model.config.decoder.num_hidden_layers + 2
     draws = re.findall(r"rng_bit_generator.*?-> \(tensor<[^>]*>, tensor<([^>]*)>\)", lowered)

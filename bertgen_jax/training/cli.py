@@ -80,6 +80,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     opt.add_argument("--labelled-lm-head", action="store_true",
                      help="run the LM head and the loss only on target positions that carry a label (the same "
                           "loss and gradients; pays when targets in a batch differ much in length)")
+    opt.add_argument("--separate-update", choices=("auto", "on", "off"), default="auto",
+                     help="run the gradients and the optimizer update as two compiled programs (on: compiles "
+                          "faster, the two compile at once; off: one program, lower peak memory; auto: two up to "
+                          "128M parameters)")
     opt.add_argument("--seed", type=int, default=0)
 
     run = parser.add_argument_group("run")
@@ -173,6 +177,7 @@ def train_config_from_args(args):
         warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio,
         max_grad_norm=args.max_grad_norm or None, label_smoothing=args.label_smoothing,
         labelled_lm_head=args.labelled_lm_head, dropout=not args.no_dropout,
+        separate_update={"auto": None, "on": True, "off": False}[args.separate_update],
         bf16=args.bf16, seed=args.seed, mesh=args.mesh, log_every=args.log_every, eval_every=args.eval_every,
         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, eval_at_start=args.eval_at_start,
         save_final_checkpoint=args.save_final_checkpoint, async_checkpoints=not args.sync_checkpoints,

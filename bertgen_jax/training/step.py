@@ -18,6 +18,7 @@ softmax, LayerNorm statistics and the loss stay float32.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax
@@ -131,8 +132,12 @@ class TrainStep:
     The gradients are written into one buffer that each step donates back to the next (`buffer`,
     otherwise unused): a fresh set of gradient arrays every step (269 at MiniLM size, most of them
     below glibc's mmap threshold) fragmented the heap and raised the run's peak RSS by 300-400 MB.
-    The state is donated to `update`. Each program is a `distributed.CompiledTogether` (on several
-    processes they compile ahead of their first call and meet at a barrier)."""
+    What the split does cost is memory: the gradients' buffer is whole while the backward pass still
+    holds its activations, where the joined program wrote late layers' gradients into space freed by
+    their activations (peak RSS MiniLM bert2bert +1-3%, bert-base bert2bert +8%; see
+    `separate_update_by_default`). The state is donated to `update`. Each program is a
+    `distributed.CompiledTogether` (on several processes they compile ahead of their first call and
+    meet at a barrier)."""
 
     def __init__(self, gradients, update, zeros):
         self.gradients = distributed.CompiledTogether(gradients, "train_gradients")
@@ -160,10 +165,13 @@ class TrainStep:
         self._buffer = None
 
     @property
+    def parts(self) -> tuple:
+        return self.gradients, self.update
+
+    @property
     def programs(self) -> dict:
         """The programs compiled ahead so far, by (program name, argument signature)."""
-        return {(part.name, signature): program for part in (self.gradients, self.update)
-                for signature, program in part.programs.items()}
+        return _programs(self.parts)
 
     def compile_ahead(self, state: TrainState, batch) -> None:
         """Compile both programs for these arguments (arrays or `jax.ShapeDtypeStruct`s with shardings),
@@ -176,11 +184,56 @@ class TrainStep:
             update.result()
 
 
+class JoinedTrainStep:
+    """One optimizer update as one compiled program `(state, batch) -> (state, metrics)`, the state
+    donated: the gradients live only inside it. Same interface as `TrainStep`."""
+
+    def __init__(self, step):
+        self.step = distributed.CompiledTogether(step, "train_step")
+
+    def __call__(self, state: TrainState, batch):
+        return self.step(state, batch)
+
+    @property
+    def parts(self) -> tuple:
+        return (self.step,)
+
+    @property
+    def programs(self) -> dict:
+        return _programs(self.parts)
+
+    def compile_ahead(self, state: TrainState, batch) -> None:
+        self.step.compile_ahead(state, batch)
+
+    def release(self) -> None:
+        pass
+
+
+def _programs(parts) -> dict:
+    return {(part.name, signature): program for part in parts for signature, program in part.programs.items()}
+
+
+# Up to here (parameters, summed over the tree) the step runs as two programs (`TrainStep`): the
+# compile time saved (MiniLM bert2bert, 49M: 16.6 -> 11.7 s, a cold `bertgen train` of the
+# end-to-end job 78-85 -> 72 s) is worth the memory (+1-3% peak RSS). Above it, one program
+# (`JoinedTrainStep`): bert-base bert2bert (247M) compiled 27-30 -> 24 s but peaked 470 MB (8%) higher.
+SEPARATE_UPDATE_MAX_PARAMS = 128_000_000
+
+
+def separate_update_by_default(params) -> bool:
+    """Whether `make_train_step` runs gradients and update as two programs for these params (or their
+    shapes) when not told: for models up to SEPARATE_UPDATE_MAX_PARAMS parameters."""
+    count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+    return count <= SEPARATE_UPDATE_MAX_PARAMS
+
+
 def make_train_step(model, optimizer: optax.GradientTransformation, *, label_smoothing: float = 0.0,
                     deterministic: bool = False, compute_dtype=None, state_sharding=None, batch_sharding=None,
-                    labelled_only: bool = False, row_groups: int = 1) -> TrainStep:
-    """One update `(state, batch) -> (state, metrics)` (a `TrainStep`: two jitted programs); `state` is
-    donated (its buffers are reused for the new state, so do not touch the old one). No host sync inside.
+                    labelled_only: bool = False, row_groups: int = 1, separate_update=None):
+    """One update `(state, batch) -> (state, metrics)`; `state` is donated (its buffers are reused for
+    the new state, so do not touch the old one). No host sync inside. `separate_update`: gradients and
+    update as two programs (`TrainStep`) or one (`JoinedTrainStep`); None: `separate_update_by_default`
+    for the model's params. Both compute the same update.
 
     metrics: `loss` (token-mean over the accumulated batch), `label_tokens`, `grad_norm` (before
     clipping). With shardings given, the step runs under them (see `training.sharding`); the gradients
@@ -188,6 +241,27 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *, label_smo
     """
     grads_fn = make_grad_fn(model, label_smoothing=label_smoothing, deterministic=deterministic,
                             compute_dtype=compute_dtype, labelled_only=labelled_only, row_groups=row_groups)
+    if separate_update is None:
+        separate_update = separate_update_by_default(model.params)
+    replicated = None if state_sharding is None else jax.sharding.NamedSharding(
+        batch_sharding.mesh, jax.sharding.PartitionSpec())
+
+    def apply_update(state: TrainState, grads, rng):
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(state.step + 1, params, opt_state, rng)
+
+    if not separate_update:
+        def train_step(state: TrainState, batch):
+            rng, step_rng = jax.random.split(state.rng)
+            loss, grads, count = grads_fn(state.params, batch, step_rng)
+            metrics = {"loss": loss, "label_tokens": count, "grad_norm": optax.global_norm(grads)}
+            return apply_update(state, grads, rng), metrics
+
+        kwargs: dict = {"donate_argnums": (0,)}
+        if state_sharding is not None:
+            kwargs.update(in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated))
+        return JoinedTrainStep(jax.jit(train_step, **kwargs))
 
     def gradients(params, batch, state_rng, buffer):
         del buffer  # donated: the gradients are written into it
@@ -196,9 +270,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *, label_smo
 
     def update(state: TrainState, grads):
         rng, _ = jax.random.split(state.rng)  # the split `gradients` drew its step key from
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(state.step + 1, params, opt_state, rng), optax.global_norm(grads)
+        return apply_update(state, grads, rng), optax.global_norm(grads)
 
     def zeros(params):
         return jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -208,7 +280,6 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *, label_smo
     update_kwargs: dict = {"donate_argnums": (0,)}
     zeros_kwargs: dict = {}
     if state_sharding is not None:
-        replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
         params_sharding = state_sharding.params
         gradient_kwargs.update(in_shardings=(params_sharding, batch_sharding, replicated, params_sharding),
                                out_shardings=(replicated, params_sharding, replicated))

@@ -76,6 +76,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     label_smoothing: float = 0.0
     labelled_lm_head: bool = False  # LM head + loss on labelled target positions only (models.loss_function)
+    separate_update: Optional[bool] = None  # gradients and update as two programs; None: by model size (step.py)
     dropout: bool = True
     bf16: bool = False
     seed: int = 0
@@ -238,7 +239,7 @@ class Trainer:
         self.train_step = make_train_step(
             model, self.optimizer, label_smoothing=c.label_smoothing, deterministic=not c.dropout,
             compute_dtype=compute_dtype, state_sharding=self.state_sharding, batch_sharding=self.batch_sharding,
-            labelled_only=c.labelled_lm_head, row_groups=divisor)
+            labelled_only=c.labelled_lm_head, row_groups=divisor, separate_update=c.separate_update)
         self.eval_step = distributed.CompiledTogether(make_eval_step(
             model, compute_dtype=compute_dtype, params_sharding=self.state_sharding.params,
             batch_sharding=self.batch_sharding, labelled_only=c.labelled_lm_head, row_groups=divisor), "eval_step")
