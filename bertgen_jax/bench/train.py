@@ -8,8 +8,9 @@ does not mix (the transformers one with `--torch-python`, default this interpret
   loss.backward(), clip_grad_norm_(1.0), torch.optim.AdamW(lr 5e-5, weight_decay 0).step();
 - this project's jitted step as `bertgen train` builds it (`training.step.make_train_step` with the
   Trainer's optimizer and state/batch shardings, on a one-device mesh): clip 1.0 + AdamW(lr 5e-5,
-  weight_decay 0), state donated; each step blocks on the loss (bfloat16: `--bf16`'s compute dtype,
-  float32 master params).
+  weight_decay 0), state donated, gradients and update as two programs up to 128M parameters (MiniLM)
+  and one above (bert-base), as `bertgen train` picks; each step blocks on the loss (bfloat16: `--bf16`'s
+  compute dtype, float32 master params).
 
 Same batch in both: 8 examples, 128 source / 32 target tokens of random ids, full attention masks,
 labels = targets. Dropout on in both (train mode, as `bertgen train` runs by default).
