@@ -89,6 +89,21 @@ def test_cli_generate_errors_are_one_line(tmp_path, model_dir):
     assert result.returncode == 2 and "invalid int value" in result.stderr
 
 
+def test_compilation_cache_variable_does_not_import_jax_with_the_package(tmp_path):
+    """BERTGEN_COMPILATION_CACHE reaches JAX through JAX's own variables when the package is imported before
+    JAX (the `bertgen` process that only re-executes itself need not import JAX); JAX then caches every
+    program there."""
+    cache = tmp_path / "xla"
+    code = ("import sys, bertgen_jax; assert 'jax' not in sys.modules; import jax, jax.numpy as jnp; "
+            "c = jax.config; print(c.jax_compilation_cache_dir, c.jax_persistent_cache_min_compile_time_secs, "
+            "c.jax_persistent_cache_min_entry_size_bytes); jax.jit(lambda x: x * 3)(jnp.ones(2)).block_until_ready()")
+    env = dict(os.environ, BERTGEN_COMPILATION_CACHE=str(cache))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [str(cache), "0.0", "0"]
+    assert any(name.startswith("jit__lambda") for name in os.listdir(cache))
+
+
 def test_persistent_compilation_cache_reused_across_processes(model_dir, tmp_path):
     """A second process with BERTGEN_COMPILATION_CACHE set loads the compiled loop from disk."""
     path, _, _ = model_dir
