@@ -134,7 +134,7 @@ class TrainStep:
     below glibc's mmap threshold) fragmented the heap and raised the run's peak RSS by 300-400 MB.
     What the split does cost is memory: the gradients' buffer is whole while the backward pass still
     holds its activations, where the joined program wrote late layers' gradients into space freed by
-    their activations (peak RSS MiniLM bert2bert +1-3%, bert-base bert2bert +8%; see
+    their activations (peak RSS MiniLM bert2bert +1-4%, bert-base bert2bert +8%; see
     `separate_update_by_default`). The state is donated to `update`. Each program is a
     `distributed.CompiledTogether` (on several processes they compile ahead of their first call and
     meet at a barrier)."""
@@ -215,7 +215,7 @@ def _programs(parts) -> dict:
 
 # Up to here (parameters, summed over the tree) the step runs as two programs (`TrainStep`): the
 # compile time saved (MiniLM bert2bert, 49M: 16.6 -> 11.7 s, a cold `bertgen train` of the
-# end-to-end job 78-85 -> 72 s) is worth the memory (+1-3% peak RSS). Above it, one program
+# end-to-end job 78-85 -> 72 s) is worth the memory (+1-4% peak RSS). Above it, one program
 # (`JoinedTrainStep`): bert-base bert2bert (247M) compiled 27-30 -> 24 s but peaked 470 MB (8%) higher.
 SEPARATE_UPDATE_MAX_PARAMS = 128_000_000
 
