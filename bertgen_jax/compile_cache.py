@@ -12,9 +12,9 @@ import sys
 from typing import Optional
 
 ENV_VAR = "BERTGEN_COMPILATION_CACHE"
-# JAX reads its options from these variables when it is imported.
-JAX_ENV_SETTINGS = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
+# Cache every program, even quick ones: the decode loops of small models compile in ~1 s.
+CACHE_EVERY_PROGRAM = {"jax_persistent_cache_min_compile_time_secs": 0.0,
+                       "jax_persistent_cache_min_entry_size_bytes": 0}
 
 
 def default_cache_dir() -> str:
@@ -23,12 +23,17 @@ def default_cache_dir() -> str:
     return os.path.join(base, "bertgen_jax", "xla")
 
 
+def _make_cache_dir(directory: str) -> str:
+    directory = os.path.expanduser(directory)
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
 def enable_persistent_compilation_cache(directory: Optional[str] = None) -> str:
     """Cache compiled XLA programs in `directory` (default: `default_cache_dir()`)."""
     import jax
 
-    directory = os.path.expanduser(directory or default_cache_dir())
-    os.makedirs(directory, exist_ok=True)
+    directory = _make_cache_dir(directory or default_cache_dir())
     if jax.config.jax_compilation_cache_dir != directory:
         jax.config.update("jax_compilation_cache_dir", directory)
         try:  # JAX decides once, at the first compile, whether a cache is used: let it decide again
@@ -37,25 +42,24 @@ def enable_persistent_compilation_cache(directory: Optional[str] = None) -> str:
             compilation_cache.reset_cache()
         except (ImportError, AttributeError):
             pass
-    # Cache every program, even quick ones: the decode loops of small models compile in ~1 s.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    for name, value in CACHE_EVERY_PROGRAM.items():
+        jax.config.update(name, value)
     return directory
 
 
 def enable_from_environment() -> Optional[str]:
-    """$BERTGEN_COMPILATION_CACHE's cache. Before JAX is imported, through JAX's own variables: the
-    package need not import JAX (~1 s) for it, e.g. in the `bertgen` process that re-executes itself
-    with huge pages before doing anything (`launch.py`)."""
+    """$BERTGEN_COMPILATION_CACHE's cache. Before JAX is imported, through JAX's own variables (each
+    option's name in capitals, read when JAX is imported): the package need not import JAX (~1 s) for
+    it, e.g. in the `bertgen` process that re-executes itself with huge pages before doing anything
+    (`launch.py`)."""
     directory = os.environ.get(ENV_VAR)
     if not directory:
         return None
     if "jax" in sys.modules:
         return enable_persistent_compilation_cache(directory)
-    directory = os.path.expanduser(directory)
-    os.makedirs(directory, exist_ok=True)
-    for name, value in zip(JAX_ENV_SETTINGS, (directory, "0", "0")):  # as enable_persistent_compilation_cache
-        os.environ[name] = value
+    directory = _make_cache_dir(directory)
+    for name, value in {"jax_compilation_cache_dir": directory, **CACHE_EVERY_PROGRAM}.items():
+        os.environ[name.upper()] = str(value)
     return directory
 
 

@@ -152,10 +152,9 @@ class TrainStep:
         return state, {"loss": loss, "label_tokens": count, "grad_norm": grad_norm}
 
     def _gradient_buffer(self, params):
-        buffer, self._buffer = self._buffer, None  # donated: never held here while a program owns it
-        if buffer is None or any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(buffer)):
-            buffer = self._zeros(params)
-        return buffer
+        # Donated: never held here while a program owns it (a step that fails loses it; the next makes one).
+        buffer, self._buffer = self._buffer, None
+        return self._zeros(params) if buffer is None else buffer
 
     def release(self) -> None:
         """Free the gradient buffer (the next call makes a new one)."""
