@@ -459,21 +459,25 @@ def test_the_first_step_compiles_before_the_train_state_exists(copy_task, tmp_pa
     and the steps then run that program (no second compile at the first call)."""
     trainer = _trainer(copy_task, tmp_path / "ahead")
     seen = {}
-    init_state = trainer._init_state
+    initial_state = trainer._initial_state
 
-    def init_and_record(params):
+    def init_and_record():
         seen["programs_at_init"] = len(trainer.train_step.programs)
-        return init_state(params)
+        seen["state_program_ahead"] = trainer._state_init_program is not None
+        return initial_state()
 
-    trainer._init_state = init_and_record
+    trainer._initial_state = init_and_record
     parts = trainer.train_step.parts
     assert len(parts) == 2  # a small model: the gradients' program and the update's
-    jit_cache_before = [part.jitted._cache_size() for part in parts]
+    # Also compiled ahead, beside the gradients' program: the first gradient buffer's and the state's.
+    jitted = [part.jitted for part in parts] + [trainer.train_step.zeros.jitted, trainer._init_state]
+    jit_cache_before = [fn._cache_size() for fn in jitted]
     trainer.train()
-    assert seen["programs_at_init"] == 2
+    assert seen == {"programs_at_init": 2, "state_program_ahead": True}
+    assert trainer._state_init_program is None  # used once, then dropped
     # The copy task's batches share one bucket: every step ran the programs compiled ahead.
-    assert len(trainer.train_step.programs) == 2
-    assert [part.jitted._cache_size() for part in parts] == jit_cache_before
+    assert len(trainer.train_step.programs) == 2 and len(trainer.train_step.zeros.programs) == 1
+    assert [fn._cache_size() for fn in jitted] == jit_cache_before
 
 
 def test_resume_gives_the_same_result_as_a_straight_run(copy_task, tmp_path):

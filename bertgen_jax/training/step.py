@@ -19,7 +19,7 @@ softmax, LayerNorm statistics and the loss stay float32.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
@@ -142,7 +142,8 @@ class TrainStep:
     def __init__(self, gradients, update, zeros):
         self.gradients = distributed.CompiledTogether(gradients, "train_gradients")
         self.update = distributed.CompiledTogether(update, "train_update")
-        self._zeros = zeros  # params -> zeros like them, sharded as the gradients (the first buffer)
+        # params -> zeros like them, sharded as the gradients: the first step's buffer
+        self.zeros = distributed.CompiledTogether(zeros, "train_zeros")
         self._buffer = None
 
     def __call__(self, state: TrainState, batch):
@@ -154,7 +155,7 @@ class TrainStep:
     def _gradient_buffer(self, params):
         # Donated: never held here while a program owns it (a step that fails loses it; the next makes one).
         buffer, self._buffer = self._buffer, None
-        return self._zeros(params) if buffer is None else buffer
+        return self.zeros(params) if buffer is None else buffer
 
     def release(self) -> None:
         """Free the gradient buffer (the next call makes a new one)."""
@@ -172,15 +173,14 @@ class TrainStep:
         """The programs compiled ahead so far, by (program name, argument signature)."""
         return _programs(self.parts)
 
-    def compile_ahead(self, state: TrainState, batch) -> None:
+    def compile_ahead(self, state: TrainState, batch, while_compiling: Sequence[Callable[[], object]] = ()) -> None:
         """Compile both programs for these arguments (arrays or `jax.ShapeDtypeStruct`s with shardings),
-        the update's on a second thread (XLA's compile runs without the GIL)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1, thread_name_prefix="bertgen-compile") as pool:
-            update = pool.submit(self.update.compile_ahead, state, state.params)
-            self.gradients.compile_ahead(state.params, batch, state.rng, state.params)
-            update.result()
+        the update's on a second thread (XLA's compile runs without the GIL), which then compiles the
+        first gradient buffer's program and runs `while_compiling` (other start-up work) while the
+        gradients' program, the longest, still compiles."""
+        _beside(lambda: self.gradients.compile_ahead(state.params, batch, state.rng, state.params),
+                [lambda: self.update.compile_ahead(state, state.params),
+                 lambda: self.zeros.compile_ahead(state.params), *while_compiling])
 
 
 class JoinedTrainStep:
@@ -201,11 +201,23 @@ class JoinedTrainStep:
     def programs(self) -> dict:
         return _programs(self.parts)
 
-    def compile_ahead(self, state: TrainState, batch) -> None:
-        self.step.compile_ahead(state, batch)
+    def compile_ahead(self, state: TrainState, batch, while_compiling: Sequence[Callable[[], object]] = ()) -> None:
+        """Compile the program; `while_compiling` runs on a second thread meanwhile."""
+        _beside(lambda: self.step.compile_ahead(state, batch), while_compiling)
 
     def release(self) -> None:
         pass
+
+
+def _beside(main: Callable[[], object], jobs: Sequence[Callable[[], object]]) -> None:
+    """Run `main` here and `jobs`, in order, on one second thread; wait for both, raise the first error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="bertgen-compile") as pool:
+        futures = [pool.submit(job) for job in jobs]
+        main()
+        for future in futures:
+            future.result()
 
 
 def _programs(parts) -> dict:
