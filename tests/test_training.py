@@ -531,6 +531,32 @@ def test_packed_training_follows_the_unpacked_run(copy_task, tmp_path):
                 TrainConfig(output_dir=str(tmp_path / "x"), pack_rows=2, compilation_cache="off"))
 
 
+def test_the_checkpointer_loads_orbax_only_when_a_checkpoint_is_written_or_read(tmp_path):
+    """A run that writes no checkpoint into a directory that holds none never imports orbax (start-up
+    time and memory); one that saves does, and a new Checkpointer then finds the step."""
+    code = textwrap.dedent("""
+        import sys
+        import jax.numpy as jnp
+        from bertgen_jax.training import Trainer  # noqa: F401  (the trainer's imports too)
+        from bertgen_jax.training.checkpoint import Checkpointer
+        directory = sys.argv[1]
+        with Checkpointer(directory) as empty:
+            assert empty.latest_step() is None and empty.all_steps() == []
+        assert "orbax.checkpoint" not in sys.modules
+        with Checkpointer(directory) as writer:
+            writer.save(3, {"w": jnp.ones(2)}, {"note": 1}, wait=True)
+        assert "orbax.checkpoint" in sys.modules
+        with Checkpointer(directory) as reader:
+            assert reader.latest_step() == 3 and reader.all_steps() == [3]
+            state, meta = reader.restore({"w": jnp.zeros(2)})
+            assert float(state["w"][1]) == 1.0 and meta == {"note": 1}
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ckpt")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
 def test_final_checkpoint_and_start_eval_only_when_asked(copy_task, tmp_path):
     """A finished run with save_every 0 writes no checkpoint (the exported model is the product) and
     does not evaluate before the first step; save_final_checkpoint / eval_at_start ask for them."""
@@ -539,7 +565,7 @@ def test_final_checkpoint_and_start_eval_only_when_asked(copy_task, tmp_path):
     plain = _trainer(copy_task, tmp_path / "plain", eval_data=eval_data, config={"max_steps": 2})
     result = plain.train()
     assert not result.interrupted and result.eval_loss is not None
-    assert not os.listdir(tmp_path / "plain" / "checkpoints")
+    assert not (tmp_path / "plain" / "checkpoints").exists()  # orbax's manager never opened to make it
     assert [h["step"] for h in result.history if "eval/loss" in h] == [2]
 
     asked = _trainer(copy_task, tmp_path / "asked", eval_data=eval_data,
