@@ -464,16 +464,17 @@ def test_the_first_step_compiles_before_the_train_state_exists(copy_task, tmp_pa
     def init_and_record():
         seen["programs_at_init"] = len(trainer.train_step.programs)
         seen["state_program_ahead"] = trainer._state_init_program is not None
+        seen["first_buffer_ahead"] = trainer.train_step._buffer is not None
         return initial_state()
 
     trainer._initial_state = init_and_record
     parts = trainer.train_step.parts
     assert len(parts) == 2  # a small model: the gradients' program and the update's
-    # Also compiled ahead, beside the gradients' program: the first gradient buffer's and the state's.
+    # Also ahead, beside the gradients' program: the first gradient buffer (made) and the state's program.
     jitted = [part.jitted for part in parts] + [trainer.train_step.zeros.jitted, trainer._init_state]
     jit_cache_before = [fn._cache_size() for fn in jitted]
     trainer.train()
-    assert seen == {"programs_at_init": 2, "state_program_ahead": True}
+    assert seen == {"programs_at_init": 2, "state_program_ahead": True, "first_buffer_ahead": True}
     assert trainer._state_init_program is None  # used once, then dropped
     # The copy task's batches share one bucket: every step ran the programs compiled ahead.
     assert len(trainer.train_step.programs) == 2 and len(trainer.train_step.zeros.programs) == 1

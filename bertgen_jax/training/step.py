@@ -142,20 +142,20 @@ class TrainStep:
     def __init__(self, gradients, update, zeros):
         self.gradients = distributed.CompiledTogether(gradients, "train_gradients")
         self.update = distributed.CompiledTogether(update, "train_update")
-        # params -> zeros like them, sharded as the gradients: the first step's buffer
+        # () -> zeros shaped and sharded as the gradients: the first step's buffer
         self.zeros = distributed.CompiledTogether(zeros, "train_zeros")
         self._buffer = None
 
     def __call__(self, state: TrainState, batch):
-        loss, grads, count = self.gradients(state.params, batch, state.rng, self._gradient_buffer(state.params))
+        loss, grads, count = self.gradients(state.params, batch, state.rng, self._gradient_buffer())
         self._buffer = grads  # read by the update, then overwritten by the next step's gradients
         state, grad_norm = self.update(state, grads)
         return state, {"loss": loss, "label_tokens": count, "grad_norm": grad_norm}
 
-    def _gradient_buffer(self, params):
+    def _gradient_buffer(self):
         # Donated: never held here while a program owns it (a step that fails loses it; the next makes one).
         buffer, self._buffer = self._buffer, None
-        return self.zeros(params) if buffer is None else buffer
+        return self.zeros() if buffer is None else buffer
 
     def release(self) -> None:
         """Free the gradient buffer (the next call makes a new one)."""
@@ -175,12 +175,17 @@ class TrainStep:
 
     def compile_ahead(self, state: TrainState, batch, while_compiling: Sequence[Callable[[], object]] = ()) -> None:
         """Compile both programs for these arguments (arrays or `jax.ShapeDtypeStruct`s with shardings),
-        the update's on a second thread (XLA's compile runs without the GIL), which then compiles the
-        first gradient buffer's program and runs `while_compiling` (other start-up work) while the
-        gradients' program, the longest, still compiles."""
+        the update's on a second thread (XLA's compile runs without the GIL), which then makes the first
+        gradient buffer (its program's first run takes ~0.5 s at MiniLM size, not all of it the zeroing)
+        and runs `while_compiling` (other start-up work) while the gradients' program, the longest, still
+        compiles. The buffer is the size of the params: below what the compiler itself holds meanwhile."""
         _beside(lambda: self.gradients.compile_ahead(state.params, batch, state.rng, state.params),
-                [lambda: self.update.compile_ahead(state, state.params),
-                 lambda: self.zeros.compile_ahead(state.params), *while_compiling])
+                [lambda: self.update.compile_ahead(state, state.params), self._make_first_buffer, *while_compiling])
+
+    def _make_first_buffer(self) -> None:
+        self.zeros.compile_ahead()
+        if self._buffer is None:
+            self._buffer = self.zeros()
 
 
 class JoinedTrainStep:
@@ -283,8 +288,10 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *, label_smo
         rng, _ = jax.random.split(state.rng)  # the split `gradients` drew its step key from
         return apply_update(state, grads, rng), optax.global_norm(grads)
 
-    def zeros(params):
-        return jax.tree_util.tree_map(jnp.zeros_like, params)
+    param_shapes = jax.eval_shape(lambda params: params, model.params)
+
+    def zeros():
+        return jax.tree_util.tree_map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), param_shapes)
 
     # keep_unused: the buffer must stay a parameter of the program for its donation to alias the output.
     gradient_kwargs: dict = {"donate_argnums": (3,), "keep_unused": True}
@@ -295,7 +302,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *, label_smo
         gradient_kwargs.update(in_shardings=(params_sharding, batch_sharding, replicated, params_sharding),
                                out_shardings=(replicated, params_sharding, replicated))
         update_kwargs.update(in_shardings=(state_sharding, params_sharding), out_shardings=(state_sharding, replicated))
-        zeros_kwargs.update(in_shardings=(params_sharding,), out_shardings=params_sharding)
+        zeros_kwargs.update(out_shardings=params_sharding)
     return TrainStep(jax.jit(gradients, **gradient_kwargs), jax.jit(update, **update_kwargs),
                      jax.jit(zeros, **zeros_kwargs))
 
