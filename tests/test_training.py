@@ -481,6 +481,26 @@ def test_the_first_step_compiles_before_the_train_state_exists(copy_task, tmp_pa
     assert [fn._cache_size() for fn in jitted] == jit_cache_before
 
 
+def test_a_one_program_step_also_compiles_the_state_program_ahead_and_trains_as_two(copy_task, tmp_path):
+    """With the step as one program (`separate_update=False`, the default above 128M parameters) the
+    start-up work still runs beside its compile, and the run ends where the two-program run does."""
+    joined = _trainer(copy_task, tmp_path / "joined", config={"separate_update": False})
+    seen = {}
+    initial_state = joined._initial_state
+
+    def init_and_record():
+        seen["state_program_ahead"] = joined._state_init_program is not None
+        return initial_state()
+
+    joined._initial_state = init_and_record
+    assert len(joined.train_step.parts) == 1
+    result = joined.train()
+    assert seen == {"state_program_ahead": True} and len(joined.train_step.programs) == 1
+    separate = _trainer(copy_task, tmp_path / "separate", config={"separate_update": True}).train()
+    assert result.step == separate.step == 6
+    np.testing.assert_allclose(result.train_loss, separate.train_loss, rtol=1e-5)
+
+
 def test_resume_gives_the_same_result_as_a_straight_run(copy_task, tmp_path):
     # 14 examples in batches of 4: 4 batches an epoch, so step 3 is mid-epoch and 6 is in epoch 2.
     straight = _trainer(copy_task, tmp_path / "straight")
