@@ -453,29 +453,42 @@ def test_an_error_mid_training_hands_model_params_back(copy_task, tmp_path):
     assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree_util.tree_leaves(before), after))
 
 
+def _record_at_state_init(trainer, record):
+    """Run `record()` just before the trainer builds its train state; returns the state's program."""
+    init_state = trainer._init_state
+
+    class Recorded:
+        def compile_ahead(self, *args):
+            init_state.compile_ahead(*args)
+
+        def __call__(self, params):
+            record()
+            return init_state(params)
+
+    trainer._init_state = Recorded()
+    return init_state
+
+
 def test_the_first_step_compiles_before_the_train_state_exists(copy_task, tmp_path):
     """XLA's compile of the step holds hundreds of MB of host memory for a while: it must not come on
     top of params + optimizer state. The first batch's program is compiled before the state is built,
     and the steps then run that program (no second compile at the first call)."""
     trainer = _trainer(copy_task, tmp_path / "ahead")
     seen = {}
-    initial_state = trainer._initial_state
 
-    def init_and_record():
+    def record():
         seen["programs_at_init"] = len(trainer.train_step.programs)
-        seen["state_program_ahead"] = trainer._state_init_program is not None
+        seen["state_program_ahead"] = len(init_state.programs) == 1
         seen["first_buffer_ahead"] = trainer.train_step._buffer is not None
-        return initial_state()
 
-    trainer._initial_state = init_and_record
+    init_state = _record_at_state_init(trainer, record)
     parts = trainer.train_step.parts
     assert len(parts) == 2  # a small model: the gradients' program and the update's
     # Also ahead, beside the gradients' program: the first gradient buffer (made) and the state's program.
-    jitted = [part.jitted for part in parts] + [trainer.train_step.zeros.jitted, trainer._init_state]
+    jitted = [part.jitted for part in parts] + [trainer.train_step.zeros.jitted, init_state.jitted]
     jit_cache_before = [fn._cache_size() for fn in jitted]
     trainer.train()
     assert seen == {"programs_at_init": 2, "state_program_ahead": True, "first_buffer_ahead": True}
-    assert trainer._state_init_program is None  # used once, then dropped
     # The copy task's batches share one bucket: every step ran the programs compiled ahead.
     assert len(trainer.train_step.programs) == 2 and len(trainer.train_step.zeros.programs) == 1
     assert [fn._cache_size() for fn in jitted] == jit_cache_before
@@ -486,13 +499,7 @@ def test_a_one_program_step_also_compiles_the_state_program_ahead_and_trains_as_
     start-up work still runs beside its compile, and the run ends where the two-program run does."""
     joined = _trainer(copy_task, tmp_path / "joined", config={"separate_update": False})
     seen = {}
-    initial_state = joined._initial_state
-
-    def init_and_record():
-        seen["state_program_ahead"] = joined._state_init_program is not None
-        return initial_state()
-
-    joined._initial_state = init_and_record
+    init_state = _record_at_state_init(joined, lambda: seen.update(state_program_ahead=len(init_state.programs) == 1))
     assert len(joined.train_step.parts) == 1
     result = joined.train()
     assert seen == {"state_program_ahead": True} and len(joined.train_step.programs) == 1

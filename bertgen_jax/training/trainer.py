@@ -234,8 +234,9 @@ class Trainer:
         self.state_sharding = sh.state_shardings(jax.eval_shape(init, model.params), self.optimizer, self.mesh)
         # Donated: the train state takes over model.params' buffers instead of holding a second copy
         # (model.params gets the trained values back at the end).
-        self._init_state = jax.jit(init, out_shardings=self.state_sharding, donate_argnums=0)
-        self._state_init_program = None  # compiled ahead (`_compile_state_init_ahead`)
+        # Compiled ahead beside the step's programs (`_compile_first_step_ahead`).
+        self._init_state = distributed.CompiledTogether(
+            jax.jit(init, out_shardings=self.state_sharding, donate_argnums=0), "train_state_init")
         # Each batch shard gathers its own labelled positions for the LM head (work stays on its devices).
         self.train_step = make_train_step(
             model, self.optimizer, label_smoothing=c.label_smoothing, deterministic=not c.dropout,
@@ -289,12 +290,8 @@ class Trainer:
         self._compile_first_step_ahead()
         with warnings.catch_warnings():  # host (numpy) or differently sharded params cannot be donated
             warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-            state = self._initial_state()
+            state = self._init_state(self.model.params)
         return state, BatchPosition()
-
-    def _initial_state(self) -> TrainState:
-        init, self._state_init_program = self._state_init_program or self._init_state, None
-        return init(self.model.params)
 
     def _compile_first_step_ahead(self) -> None:
         """Compile the training step for the first batch's shapes before the train state exists.
@@ -310,16 +307,12 @@ class Trainer:
         # summary writer's ~0.3-0.5 s import; the step makes its first gradient buffer there too): on the
         # second compile thread while the gradients' program compiles (a cold MiniLM bert2bert run of the
         # end-to-end job: 2.3 s sooner on 2 cores).
-        beside = [self._compile_state_init_ahead] + ([_summary_writer_class] if self.is_main else [])
+        beside = [lambda: self._init_state.compile_ahead(self.model.params)]
+        if self.is_main:
+            beside.append(_summary_writer_class)
         self.train_step.compile_ahead(self._abstract_state(), sh.shard_batch(batch, self.batch_sharding),
                                       while_compiling=beside)
         release_freed_host_memory()  # what the compiler freed, before the state is allocated
-
-    def _compile_state_init_ahead(self) -> None:
-        """Compile the train state's program for model.params (one process: on several, it compiles at
-        its call, as every process reaches it together)."""
-        if not distributed.is_multiprocess():
-            self._state_init_program = self._init_state.lower(self.model.params).compile()
 
     def _restore_newest_intact(self, checkpointer: Checkpointer):
         """Restore the newest checkpoint that reads back whole. One that fails (truncated array data,
