@@ -4,7 +4,9 @@ and no program copies those kernels at run time.
 Joining the Q/K/V (and cross-attention K/V) kernels into one [H, 3H] matmul was measured slower on CPU
 than three matmuls (the join copies the kernels at every generate or training step), so the modules call
 the layers one by one; these tests pin that no compiled path (the encoder + cross-attention cache that
-generation builds, the decoding loop, the training gradient) concatenates kernels again.
+generation builds, the decoding loop, the training gradient) concatenates kernels again. The tied LM head
+of a decoding step of a few rows is a multiply-and-sum instead of a matmul (faster on CPU): the last test
+pins which shapes take it and that its logits are the matmul's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from bertgen_jax import EncoderDecoderModel
 from bertgen_jax.config import BertGenerationConfig
 from bertgen_jax.generation import loop
-from bertgen_jax.modules import MultiHeadAttention
+from bertgen_jax.modules import ROW_SUM_PROJECTION_ROWS, LMHead, MultiHeadAttention
 
 from conftest import TINY, tiny_encoder_decoder
 
@@ -80,3 +82,28 @@ def test_generation_and_training_copy_no_kernels(tmp_path):
     loss_sum = model.loss_function(deterministic=False)
     grad = jax.grad(lambda p: loss_sum(p, batch, jax.random.PRNGKey(0))[0])
     assert _kernel_concatenations(jax.make_jaxpr(grad)(model.params).jaxpr, hidden) == []
+
+
+def _dot_generals(jaxpr) -> int:
+    return sum(eqn.primitive.name == "dot_general" for eqn in jaxpr.eqns)
+
+
+def test_lm_head_of_a_few_row_decoding_step_sums_rows_and_equals_the_matmul():
+    config = BertGenerationConfig(**dict(TINY, is_decoder=True))
+    head = LMHead(config)
+    rng = np.random.default_rng(5)
+    embeddings = jnp.asarray(rng.normal(0, 1, (config.vocab_size, config.hidden_size)), jnp.float32)
+    params = {"bias": jnp.asarray(rng.normal(0, 1, (config.vocab_size,)), jnp.float32)}
+    low, high = ROW_SUM_PROJECTION_ROWS
+    for shape in ((1, 1), (low, 1), (8, 1), (high, 1), (high + 1, 1), (3, 4)):
+        hidden = jnp.asarray(rng.normal(0, 1, shape + (config.hidden_size,)), jnp.float32)
+        apply = functools.partial(head.apply, {"params": params})
+        logits = apply(hidden, embeddings)
+        expected = np.einsum("bth,vh->btv", np.asarray(hidden, np.float64), np.asarray(embeddings, np.float64))
+        np.testing.assert_allclose(np.asarray(logits), expected + np.asarray(params["bias"]), rtol=1e-5, atol=1e-5)
+        row_sum = shape[1] == 1 and low <= shape[0] <= high
+        assert _dot_generals(jax.make_jaxpr(apply)(hidden, embeddings).jaxpr) == (0 if row_sum else 1), shape
+    # Half precision keeps the matmul (the row sum was measured in float32 only).
+    half = functools.partial(LMHead(config, dtype=jnp.bfloat16).apply, {"params": params})
+    hidden = jnp.ones((4, 1, config.hidden_size), jnp.bfloat16)
+    assert _dot_generals(jax.make_jaxpr(half)(hidden, embeddings).jaxpr) == 1
