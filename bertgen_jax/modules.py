@@ -499,7 +499,7 @@ def _expand_head_mask(head_mask, config):
 
 # On CPU, decoding steps of 2..32 rows (batch x beams, one position each) project with a multiply-and-sum
 # over the embeddings' contiguous hidden axis instead of a matmul: XLA's matmul of so few rows runs below
-# both the memory and the compute rate (8 rows at MiniLM size: ~13 GB/s, ~50 GFLOP/s) and measured 1.2-1.6x
+# both the memory and the compute rate (8 rows at MiniLM size: ~13 GB/s, ~50 GFLOP/s) and measured 1.2-1.7x
 # slower than the sum from MiniLM to bert-large sizes in float32; one row keeps XLA's matrix-vector kernel
 # (the sum is far slower there), 33 rows and more the matmul. GPUs and TPUs keep the matmul (unmeasured).
 ROW_SUM_PROJECTION_ROWS = (2, 32)
