@@ -17,6 +17,7 @@ is float32's min, as transformers uses for float32 models.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -501,27 +502,32 @@ def _expand_head_mask(head_mask, config):
 # over the embeddings' contiguous hidden axis instead of a matmul: XLA's matmul of so few rows runs below
 # both the memory and the compute rate (8 rows at MiniLM size: ~13 GB/s, ~50 GFLOP/s) and measured 1.2-1.7x
 # slower than the sum from MiniLM to bert-large sizes in float32; one row keeps XLA's matrix-vector kernel
-# (the sum is far slower there), 33 rows and more the matmul. GPUs and TPUs keep the matmul (unmeasured).
+# (the sum is far slower there), 33 rows and more the matmul. The choice is made per platform where the
+# program is lowered (`lax.platform_dependent`): GPUs and TPUs keep the matmul (unmeasured there), also in
+# an export for several platforms.
 ROW_SUM_PROJECTION_ROWS = (2, 32)
 
 
-def _row_sum_projection(hidden, embeddings) -> bool:
-    batch, length, _ = hidden.shape
+def _tied_projection(hidden, embeddings):
+    """hidden [B, T, H] @ embeddings [V, H]^T -> [B, T, V]."""
+    matmul = functools.partial(jnp.einsum, "bth,vh->btv")
+    batch, length, width = hidden.shape
     low, high = ROW_SUM_PROJECTION_ROWS
-    return (length == 1 and low <= batch <= high and hidden.dtype == embeddings.dtype == jnp.float32
-            and jax.default_backend() == "cpu")
+    if not (length == 1 and low <= batch <= high and hidden.dtype == embeddings.dtype == jnp.float32):
+        return matmul(hidden, embeddings)
+
+    def row_sum(hidden, embeddings):
+        logits = jnp.sum(embeddings[:, None, :] * hidden.reshape(1, batch, width), axis=-1)  # [V, rows]
+        return logits.T.reshape(batch, 1, -1)
+
+    return jax.lax.platform_dependent(hidden, embeddings, cpu=row_sum, default=matmul)
 
 
 def output_projection(head, hidden, word_embeddings):
     """An LM head's hidden -> vocabulary projection: the word embeddings transposed when tied, else
     its own `decoder` kernel (every head of the family shares this)."""
     if head.config.tie_word_embeddings:
-        embeddings = word_embeddings.astype(head.dtype)
-        if _row_sum_projection(hidden, embeddings):
-            rows = hidden.reshape(1, hidden.shape[0], hidden.shape[2])
-            logits = jnp.sum(embeddings[:, None, :] * rows, axis=-1)  # [V, rows]
-            return logits.T.reshape(hidden.shape[0], 1, -1)
-        return jnp.einsum("bth,vh->btv", hidden, embeddings)
+        return _tied_projection(hidden, word_embeddings.astype(head.dtype))
     return head.decoder(hidden)
 
 
