@@ -1,4 +1,5 @@
-"""Process start-up for bertgen's programs: huge pages for large host buffers, then the command line.
+"""Process start-up for bertgen's programs: XLA CPU's memory-minimising schedule, huge pages for large
+host buffers, then the command line.
 
 XLA on CPU allocates each execution's temporary buffers with `malloc` (one block of hundreds of MB for a
 training step) and frees them at the end. glibc serves blocks that large with a fresh `mmap` and returns
@@ -11,7 +12,18 @@ directly sets it in its own environment (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
 
 Nothing happens off Linux, without glibc, where the kernel has transparent huge pages off, when the
 variable already names the tunable, or with `BERTGEN_HUGE_PAGES=0`. Unknown tunables are ignored by
-glibc, so an older glibc only loses the speed-up. This module imports nothing heavy: it runs before JAX.
+glibc, so an older glibc only loses the speed-up.
+
+XLA CPU orders each program's operations either breadth-first, to expose work that can run concurrently
+(its default), or depth-first, to keep fewer buffers live at once. For our training steps the depth-first
+order runs as fast and needs a smaller block of temporaries: the bert-base bert2bert step of
+`benchmarks/train.py` (batch 8, 128 + 32 tokens) 1878 -> 1643 MB of temporaries and 5.59 -> 5.36 GB peak
+RSS at the same 5.1-5.2 s per step; at MiniLM size -30 MB; generation measured level. XLA reads its flags
+once, when JAX first starts a backend, so the programs put the flag into `XLA_FLAGS` before JAX loads (a
+flag the user set there already, either way, is kept); a Python program that uses the library directly
+sets it in its own environment (`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`).
+Every jaxlib this project supports (>= 0.4.30) knows the flag. This module imports nothing heavy: it runs
+before JAX.
 """
 
 from __future__ import annotations
@@ -23,6 +35,24 @@ from typing import Mapping, Optional
 
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+XLA_SCHEDULER_FLAG = "xla_cpu_enable_concurrency_optimized_scheduler"
+MEMORY_SCHEDULER_FLAG = f"--{XLA_SCHEDULER_FLAG}=false"
+
+
+def xla_flags_with_memory_scheduler(environ: Mapping[str, str]) -> Optional[str]:
+    """`XLA_FLAGS` with the depth-first (memory-minimising) CPU schedule added, or None when the
+    variable already chooses a schedule."""
+    flags = environ.get("XLA_FLAGS", "")
+    if XLA_SCHEDULER_FLAG in flags:
+        return None
+    return f"{flags} {MEMORY_SCHEDULER_FLAG}" if flags.strip() else MEMORY_SCHEDULER_FLAG
+
+
+def use_memory_scheduler() -> None:
+    """Put the depth-first schedule into this process's `XLA_FLAGS` (before JAX starts a backend)."""
+    flags = xla_flags_with_memory_scheduler(os.environ)
+    if flags is not None:
+        os.environ["XLA_FLAGS"] = flags
 
 
 def transparent_huge_pages_mode(path: str = THP_SETTING) -> Optional[str]:
@@ -67,6 +97,7 @@ def reexec_with_huge_pages() -> None:
 
 def main() -> int:
     """The `bertgen` console script."""
+    use_memory_scheduler()  # before the exec too: the new process inherits it
     reexec_with_huge_pages()
     from .cli import main as cli_main
 

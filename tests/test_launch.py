@@ -1,4 +1,5 @@
-"""`bertgen_jax.launch`: the programs re-execute once with glibc's huge-page malloc tunable."""
+"""`bertgen_jax.launch`: the programs re-execute once with glibc's huge-page malloc tunable, and start XLA
+with its memory-minimising CPU schedule."""
 
 import os
 import platform
@@ -7,7 +8,9 @@ import sys
 
 import pytest
 
-from bertgen_jax.launch import (HUGE_PAGE_TUNABLE, huge_page_environment, transparent_huge_pages_mode)
+from bertgen_jax.bench.common import jax_env
+from bertgen_jax.launch import (HUGE_PAGE_TUNABLE, MEMORY_SCHEDULER_FLAG, huge_page_environment,
+                                transparent_huge_pages_mode, xla_flags_with_memory_scheduler)
 
 
 def test_the_tunable_is_added_once_beside_the_users_own():
@@ -71,3 +74,62 @@ def test_the_command_line_module_imports_no_jax_before_it_can_reexec():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_the_memory_schedule_is_added_beside_the_users_flags_unless_they_chose_one():
+    assert xla_flags_with_memory_scheduler({}) == MEMORY_SCHEDULER_FLAG
+    assert xla_flags_with_memory_scheduler({"XLA_FLAGS": " "}) == MEMORY_SCHEDULER_FLAG
+    assert (xla_flags_with_memory_scheduler({"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+            == f"--xla_force_host_platform_device_count=4 {MEMORY_SCHEDULER_FLAG}")
+    for chosen in ("--xla_cpu_enable_concurrency_optimized_scheduler=true", MEMORY_SCHEDULER_FLAG):
+        assert xla_flags_with_memory_scheduler({"XLA_FLAGS": f"--xla_dump_to=/tmp/x {chosen}"}) is None
+    # The benchmarks' JAX children start as the programs do.
+    env = jax_env("cpu", base={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", MEMORY_SCHEDULER_FLAG]
+    assert jax_env("cpu", base={"XLA_FLAGS": MEMORY_SCHEDULER_FLAG})["XLA_FLAGS"] == MEMORY_SCHEDULER_FLAG
+
+
+# A small bert2bert's joined training step (gradients and AdamW in one program), compiled for shapes only:
+# its block of temporaries, in MiB, as XLA CPU plans it.
+TRAIN_STEP_TEMPORARIES = """
+import os, sys, numpy as np, jax
+from bertgen_jax.launch import use_memory_scheduler
+use_memory_scheduler()
+from bertgen_jax import BertGenerationConfig, EncoderDecoderConfig, EncoderDecoderModel
+from bertgen_jax.training.optim import OptimizerConfig, make_optimizer
+from bertgen_jax.training.step import create_train_state, make_train_step
+sizes = dict(vocab_size=2000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
+             max_position_embeddings=128)
+config = EncoderDecoderConfig.from_encoder_decoder_configs(
+    BertGenerationConfig(**sizes), BertGenerationConfig(is_decoder=True, add_cross_attention=True, **sizes))
+config.decoder_start_token_id, config.pad_token_id = 1, 0
+model = EncoderDecoderModel.from_config(config)
+optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-4), model.params)
+step = make_train_step(model, optimizer, separate_update=False)
+state = jax.eval_shape(lambda params: create_train_state(params, optimizer), model.params)
+batch = {key: jax.ShapeDtypeStruct((1, 8, length), np.int32)
+         for key, length in (("input_ids", 64), ("attention_mask", 64), ("labels", 32))}
+program = step.step.jitted.lower(state, batch).compile()
+print(os.environ["XLA_FLAGS"], program.memory_analysis().temp_size_in_bytes / 2**20)
+"""
+
+
+def test_programs_start_xla_with_the_depth_first_schedule_and_a_train_step_needs_fewer_temporaries():
+    def temporaries(xla_flags):
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        env["JAX_PLATFORMS"] = "cpu"
+        if xla_flags is not None:
+            env["XLA_FLAGS"] = xla_flags
+        done = subprocess.run([sys.executable, "-c", TRAIN_STEP_TEMPORARIES], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        *flags, mib = done.stdout.split()
+        return flags, float(mib)
+
+    ours_flags, ours = temporaries(None)
+    assert ours_flags == [MEMORY_SCHEDULER_FLAG]
+    # A schedule the user chose is kept: here XLA's own breadth-first one.
+    breadth_first = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+    theirs_flags, theirs = temporaries(breadth_first)
+    assert theirs_flags == [breadth_first]
+    assert ours < 0.95 * theirs, (ours, theirs)
