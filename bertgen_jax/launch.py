@@ -18,11 +18,14 @@ XLA CPU orders each program's operations either breadth-first, to expose work th
 (its default), or depth-first, to keep fewer buffers live at once. For our training steps the depth-first
 order runs as fast and needs a smaller block of temporaries: the bert-base bert2bert step of
 `benchmarks/train.py` (batch 8, 128 + 32 tokens) 1878 -> 1643 MB of temporaries and 5.59 -> 5.36 GB peak
-RSS at the same 5.1-5.2 s per step; at MiniLM size -30 MB; generation measured level. XLA reads its flags
-once, when JAX first starts a backend, so the programs put the flag into `XLA_FLAGS` before JAX loads (a
-flag the user set there already, either way, is kept); a Python program that uses the library directly
-sets it in its own environment (`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`).
-Every jaxlib this project supports (>= 0.4.30) knows the flag. This module imports nothing heavy: it runs
+RSS at the same 5.1-5.2 s per step; at MiniLM size -30 MB. Generation gains nothing from it (bert-base
+greedy batch 1 measured ~4% slower, batch 8 and beam search level), so only the fine-tuning programs
+(`bertgen train`, `bertgen demo`) use it. XLA reads its flags once, when JAX first starts a backend, so
+they put the flag into `XLA_FLAGS` before JAX loads (a schedule the user chose there is kept); a Python
+program that fine-tunes with the library directly sets it in its own environment
+(`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`). Every jaxlib this project supports
+(>= 0.4.30) knows the flag.
+This module imports nothing heavy: it runs
 before JAX.
 """
 
@@ -37,6 +40,12 @@ HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 XLA_SCHEDULER_FLAG = "xla_cpu_enable_concurrency_optimized_scheduler"
 MEMORY_SCHEDULER_FLAG = f"--{XLA_SCHEDULER_FLAG}=false"
+TRAINING_COMMANDS = ("train", "demo")  # the subcommands that fine-tune
+
+
+def wants_memory_scheduler(argv) -> bool:
+    """Whether this command line fine-tunes (`bertgen train ...`, `bertgen demo ...`)."""
+    return len(argv) > 1 and argv[1] in TRAINING_COMMANDS
 
 
 def xla_flags_with_memory_scheduler(environ: Mapping[str, str]) -> Optional[str]:
@@ -97,7 +106,8 @@ def reexec_with_huge_pages() -> None:
 
 def main() -> int:
     """The `bertgen` console script."""
-    use_memory_scheduler()  # before the exec too: the new process inherits it
+    if wants_memory_scheduler(sys.argv):
+        use_memory_scheduler()  # before the exec too: the new process inherits it
     reexec_with_huge_pages()
     from .cli import main as cli_main
 

@@ -10,7 +10,7 @@ import pytest
 
 from bertgen_jax.bench.common import jax_env
 from bertgen_jax.launch import (HUGE_PAGE_TUNABLE, MEMORY_SCHEDULER_FLAG, huge_page_environment,
-                                transparent_huge_pages_mode, xla_flags_with_memory_scheduler)
+                                transparent_huge_pages_mode, wants_memory_scheduler, xla_flags_with_memory_scheduler)
 
 
 def test_the_tunable_is_added_once_beside_the_users_own():
@@ -83,10 +83,15 @@ def test_the_memory_schedule_is_added_beside_the_users_flags_unless_they_chose_o
             == f"--xla_force_host_platform_device_count=4 {MEMORY_SCHEDULER_FLAG}")
     for chosen in ("--xla_cpu_enable_concurrency_optimized_scheduler=true", MEMORY_SCHEDULER_FLAG):
         assert xla_flags_with_memory_scheduler({"XLA_FLAGS": f"--xla_dump_to=/tmp/x {chosen}"}) is None
-    # The benchmarks' JAX children start as the programs do.
-    env = jax_env("cpu", base={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    # Fine-tuning programs only: generation keeps XLA's default schedule.
+    assert wants_memory_scheduler(["bertgen", "train", "--model", "m"])
+    assert wants_memory_scheduler(["python -m bertgen_jax.cli", "demo"])
+    assert not any(wants_memory_scheduler(["bertgen", *rest]) for rest in (["generate", "train"], ["serve"], []))
+    # The benchmarks' JAX children start as the programs they time do.
+    env = jax_env("cpu", base={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, training=True)
     assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", MEMORY_SCHEDULER_FLAG]
-    assert jax_env("cpu", base={"XLA_FLAGS": MEMORY_SCHEDULER_FLAG})["XLA_FLAGS"] == MEMORY_SCHEDULER_FLAG
+    assert jax_env("cpu", base={"XLA_FLAGS": MEMORY_SCHEDULER_FLAG}, training=True)["XLA_FLAGS"] == MEMORY_SCHEDULER_FLAG
+    assert "XLA_FLAGS" not in jax_env("cpu", base={})
 
 
 # A small bert2bert's joined training step (gradients and AdamW in one program), compiled for shapes only:

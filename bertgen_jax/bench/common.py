@@ -110,15 +110,16 @@ def peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def jax_env(device: str, base: Optional[dict] = None) -> dict:
+def jax_env(device: str, base: Optional[dict] = None, *, training: bool = False) -> dict:
     """Environment for a process running JAX on `device` (JAX_PLATFORMS pins the backend), with the
-    huge-page malloc tunable and XLA CPU's memory-minimising schedule that the `bertgen` programs set for
-    themselves (`bertgen_jax.launch`); the transformers side runs in the environment it was given."""
+    huge-page malloc tunable that the `bertgen` programs set for themselves and, for a `training` process,
+    XLA CPU's memory-minimising schedule that `bertgen train` sets (`bertgen_jax.launch`); the
+    transformers side runs in the environment it was given."""
     from ..launch import huge_page_environment, transparent_huge_pages_mode, xla_flags_with_memory_scheduler
 
     env = dict(os.environ if base is None else base)
     env = huge_page_environment(env, thp_mode=transparent_huge_pages_mode()) or env
-    flags = xla_flags_with_memory_scheduler(env)
+    flags = xla_flags_with_memory_scheduler(env) if training else None
     if flags is not None:
         env["XLA_FLAGS"] = flags
     env["JAX_PLATFORMS"] = "cuda" if device == "gpu" else "cpu"

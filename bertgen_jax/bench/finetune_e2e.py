@@ -99,7 +99,7 @@ def run_ours(args, data: dict, workdir: str, warmup_steps: int, run_name: str = 
     """One `bertgen train` process. The compilation cache lives in `workdir/xla-cache`: empty for the first
     run (a cold start), filled by it for a second run (`--warm-cache`: what every later run of the same job
     sees, since the cache is on by default)."""
-    env = jax_env(args.device)
+    env = jax_env(args.device, training=True)
     env["BERTGEN_COMPILATION_CACHE"] = os.path.join(workdir, "xla-cache")
     os.makedirs(env["BERTGEN_COMPILATION_CACHE"], exist_ok=True)
     finished = run_process(bertgen_command(args, data, os.path.join(workdir, run_name), warmup_steps), env=env)

@@ -101,7 +101,7 @@ def jax_worker(model_dir: str, steps: int, device: str, dtype: str) -> dict:
 
 def run_jax_worker(model_dir: str, steps: int, device: str = "cpu", dtype: str = "float32") -> dict:
     """This project's step in a fresh process (also used by benchmarks/data.py)."""
-    env = jax_env(device)
+    env = jax_env(device, training=True)
     env.pop("BERTGEN_COMPILATION_CACHE", None)  # measure a real compile
     return run_json("the bertgen_jax train step", [sys.executable, "-m", __spec__.name, "--worker", "--model-dir",
                                                    model_dir, "--steps", str(steps), "--device", device,
