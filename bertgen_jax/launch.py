@@ -25,8 +25,8 @@ they put the flag into `XLA_FLAGS` before JAX loads (a schedule the user chose t
 program that fine-tunes with the library directly sets it in its own environment
 (`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`). Every jaxlib this project supports
 (>= 0.4.30) knows the flag.
-This module imports nothing heavy: it runs
-before JAX.
+
+This module imports nothing heavy: it runs before JAX.
 """
 
 from __future__ import annotations

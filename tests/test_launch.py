@@ -1,5 +1,5 @@
-"""`bertgen_jax.launch`: the programs re-execute once with glibc's huge-page malloc tunable, and start XLA
-with its memory-minimising CPU schedule."""
+"""`bertgen_jax.launch`: the programs re-execute once with glibc's huge-page malloc tunable, and the
+fine-tuning ones start XLA with its memory-minimising (depth-first) CPU schedule."""
 
 import os
 import platform
@@ -90,7 +90,8 @@ def test_the_memory_schedule_is_added_beside_the_users_flags_unless_they_chose_o
     # The benchmarks' JAX children start as the programs they time do.
     env = jax_env("cpu", base={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, training=True)
     assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", MEMORY_SCHEDULER_FLAG]
-    assert jax_env("cpu", base={"XLA_FLAGS": MEMORY_SCHEDULER_FLAG}, training=True)["XLA_FLAGS"] == MEMORY_SCHEDULER_FLAG
+    chosen = jax_env("cpu", base={"XLA_FLAGS": MEMORY_SCHEDULER_FLAG}, training=True)
+    assert chosen["XLA_FLAGS"] == MEMORY_SCHEDULER_FLAG
     assert "XLA_FLAGS" not in jax_env("cpu", base={})
 
 
@@ -119,7 +120,7 @@ print(os.environ["XLA_FLAGS"], program.memory_analysis().temp_size_in_bytes / 2*
 """
 
 
-def test_programs_start_xla_with_the_depth_first_schedule_and_a_train_step_needs_fewer_temporaries():
+def test_the_depth_first_schedule_reaches_xla_and_a_train_step_needs_fewer_temporaries():
     def temporaries(xla_flags):
         env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
         env["JAX_PLATFORMS"] = "cpu"
