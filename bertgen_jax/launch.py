@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Mapping, Optional
+from typing import Mapping, MutableMapping, Optional
 
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -57,11 +57,13 @@ def xla_flags_with_memory_scheduler(environ: Mapping[str, str]) -> Optional[str]
     return f"{flags} {MEMORY_SCHEDULER_FLAG}" if flags.strip() else MEMORY_SCHEDULER_FLAG
 
 
-def use_memory_scheduler() -> None:
-    """Put the depth-first schedule into this process's `XLA_FLAGS` (before JAX starts a backend)."""
-    flags = xla_flags_with_memory_scheduler(os.environ)
+def use_memory_scheduler(environ: Optional[MutableMapping[str, str]] = None) -> None:
+    """Put the depth-first schedule into `XLA_FLAGS` of `environ` (default: this process's, before JAX
+    starts a backend; or a child's environment)."""
+    environ = os.environ if environ is None else environ
+    flags = xla_flags_with_memory_scheduler(environ)
     if flags is not None:
-        os.environ["XLA_FLAGS"] = flags
+        environ["XLA_FLAGS"] = flags
 
 
 def transparent_huge_pages_mode(path: str = THP_SETTING) -> Optional[str]:

@@ -115,13 +115,12 @@ def jax_env(device: str, base: Optional[dict] = None, *, training: bool = False)
     huge-page malloc tunable that the `bertgen` programs set for themselves and, for a `training` process,
     XLA CPU's memory-minimising schedule that `bertgen train` sets (`bertgen_jax.launch`); the
     transformers side runs in the environment it was given."""
-    from ..launch import huge_page_environment, transparent_huge_pages_mode, xla_flags_with_memory_scheduler
+    from ..launch import huge_page_environment, transparent_huge_pages_mode, use_memory_scheduler
 
     env = dict(os.environ if base is None else base)
     env = huge_page_environment(env, thp_mode=transparent_huge_pages_mode()) or env
-    flags = xla_flags_with_memory_scheduler(env) if training else None
-    if flags is not None:
-        env["XLA_FLAGS"] = flags
+    if training:
+        use_memory_scheduler(env)
     env["JAX_PLATFORMS"] = "cuda" if device == "gpu" else "cpu"
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
