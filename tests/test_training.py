@@ -25,6 +25,7 @@ from bertgen_jax.training import (
     BatchLoader, DataError, OptimizerConfig, TrainConfig, Trainer, create_train_state, decay_mask, load_pairs,
     make_grad_fn, make_loss_fn, make_optimizer, make_train_step, read_examples,
 )
+from bertgen_jax.training import distributed
 from bertgen_jax.training.cli import add_train_arguments, run_train
 from bertgen_jax.training.evaluate import generate_texts, score_texts, tokenizer_lowercases
 from converters.mapping import flatten, torch_key, tree_to_state_dict
@@ -507,6 +508,90 @@ def test_a_one_program_step_also_compiles_the_state_program_ahead_and_trains_as_
     assert result.step == separate.step == 6
     np.testing.assert_allclose(result.train_loss, separate.train_loss, rtol=1e-5)
 
+
+
+class _TracingRecorder:
+    """Wraps a jitted function: notes in `events` when `lower` (the tracing) starts and ends."""
+
+    def __init__(self, jitted, name: str, events: list):
+        self.jitted, self.name, self.events = jitted, name, events
+
+    def lower(self, *args):
+        self.events.append(f"{self.name} tracing")
+        lowered = self.jitted.lower(*args)
+        self.events.append(f"{self.name} traced")
+        return lowered
+
+
+@pytest.mark.parametrize("separate_update", [True, False])
+def test_start_up_work_waits_until_the_step_is_traced(copy_task, tmp_path, separate_update):
+    """Tracing holds the GIL: what runs beside the step's compile (the update's program, the first
+    gradient buffer, the state's program) starts once the step's (first) program is traced, while XLA
+    compiles it, not at the same time as its tracing."""
+    trainer = _trainer(copy_task, tmp_path / "order", config={"separate_update": separate_update})
+    events = []
+    first, *rest = trainer.train_step.parts
+    first.jitted = _TracingRecorder(first.jitted, "step", events)
+    for part in rest:
+        part.jitted = _TracingRecorder(part.jitted, "update", events)
+    trainer._init_state.jitted = _TracingRecorder(trainer._init_state.jitted, "state", events)
+    trainer._compile_first_step_ahead()
+    # The second thread's jobs run in order once the step is traced: the update's program, the first
+    # gradient buffer, the state's program.
+    beside = ["state tracing", "state traced"]
+    if separate_update:
+        beside = ["update tracing", "update traced"] + beside
+    assert events == ["step tracing", "step traced"] + beside
+    assert len(trainer.train_step.programs) == len(trainer.train_step.parts)
+
+
+def test_compile_ahead_signals_the_end_of_tracing_whatever_happens():
+    """`after_lowering` is called once per `compile_ahead`: True after the tracing (before XLA's
+    compile) and when the program was compiled before, False when the tracing fails (whose error is
+    raised): a thread waiting on it must never wait forever."""
+    spec = jax.ShapeDtypeStruct((3,), jnp.float32)
+    calls = []
+    program = distributed.CompiledTogether(jax.jit(lambda x: x + 1), "plus_one")
+    program.compile_ahead(spec, after_lowering=lambda traced: calls.append((traced, len(program.programs))))
+    program.compile_ahead(spec, after_lowering=lambda traced: calls.append((traced, len(program.programs))))
+    assert calls == [(True, 0), (True, 1)]  # before the compile, then nothing to compile
+    np.testing.assert_array_equal(program(jnp.zeros(3, jnp.float32)), np.ones(3, np.float32))
+
+    def broken(x):
+        raise ValueError("no trace today")
+
+    failing = distributed.CompiledTogether(jax.jit(broken), "broken")
+    with pytest.raises(ValueError, match="no trace today"):
+        failing.compile_ahead(spec, after_lowering=lambda traced: calls.append((traced, len(failing.programs))))
+    assert calls[2:] == [(False, 0)] and not failing.programs
+
+
+@pytest.mark.parametrize("separate_update", [True, False])
+def test_a_step_that_fails_to_trace_raises_instead_of_hanging(copy_task, tmp_path, separate_update):
+    """The work beside the compile waits for the step's tracing: when that fails, the error is raised
+    at once and nothing else is compiled."""
+    trainer = _trainer(copy_task, tmp_path / "broken", config={"separate_update": separate_update})
+    from bertgen_jax.training import sharding as sh
+    from bertgen_jax.training.data import BatchPosition
+
+    _, host_batch = next(trainer.loader.batches(BatchPosition()))
+    bad = sh.shard_batch({key: value for key, value in host_batch.items() if key != "labels"}, trainer.batch_sharding)
+    outcome = {}
+
+    beside = []
+
+    def compile_broken():
+        try:
+            trainer.train_step.compile_ahead(trainer._abstract_state(), bad, while_compiling=[lambda: beside.append(1)])
+        except Exception as error:  # noqa: BLE001 - the test looks at what was raised
+            outcome["error"] = error
+
+    worker = threading.Thread(target=compile_broken, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "compile_ahead hung after its tracing failed"
+    assert isinstance(outcome.get("error"), KeyError)
+    assert not trainer.train_step.programs and not beside
 
 def test_resume_gives_the_same_result_as_a_straight_run(copy_task, tmp_path):
     # 14 examples in batches of 4: 4 batches an epoch, so step 3 is mid-epoch and 6 is in epoch 2.

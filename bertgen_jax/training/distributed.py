@@ -33,7 +33,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -319,15 +319,25 @@ class CompiledTogether:
         leaves, treedef = jax.tree_util.tree_flatten(args)
         return treedef, tuple((tuple(x.shape), x.dtype) for x in leaves)  # dtype objects: str() costs ~5 us each
 
-    def compile_ahead(self, *args) -> None:
+    def compile_ahead(self, *args, after_lowering: Callable[[bool], object] = lambda traced: None) -> None:
         """Compile the program for these arguments (arrays or `jax.ShapeDtypeStruct`s with shardings)
-        now, e.g. before the arrays it will run on exist."""
-        signature = self._signature(args)
-        if signature not in self.programs:
-            self._compile(signature, args)
+        now, e.g. before the arrays it will run on exist. `after_lowering(traced)` is called once, before
+        XLA compiles (which runs without the GIL; tracing holds it): True once the program is traced and
+        lowered or when it was compiled before, False when the tracing failed (its error is raised)."""
+        try:
+            signature = self._signature(args)
+            lowered = None if signature in self.programs else self.jitted.lower(*args)
+        except BaseException:
+            after_lowering(False)
+            raise
+        after_lowering(True)
+        if lowered is not None:
+            self._store(signature, lowered.compile())
 
     def _compile(self, signature, args):
-        program = self.jitted.lower(*args).compile()
+        return self._store(signature, self.jitted.lower(*args).compile())
+
+    def _store(self, signature, program):
         if is_multiprocess():
             barrier(f"bertgen_{self.name}_compiled_{len(self.programs)}")
         self.programs[signature] = program
