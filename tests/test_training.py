@@ -25,8 +25,9 @@ from bertgen_jax.training import (
     BatchLoader, DataError, OptimizerConfig, TrainConfig, Trainer, create_train_state, decay_mask, load_pairs,
     make_grad_fn, make_loss_fn, make_optimizer, make_train_step, read_examples,
 )
-from bertgen_jax.training import distributed
+from bertgen_jax.training import distributed, sharding
 from bertgen_jax.training.cli import add_train_arguments, run_train
+from bertgen_jax.training.data import BatchPosition
 from bertgen_jax.training.evaluate import generate_texts, score_texts, tokenizer_lowercases
 from converters.mapping import flatten, torch_key, tree_to_state_dict
 
@@ -509,7 +510,6 @@ def test_a_one_program_step_also_compiles_the_state_program_ahead_and_trains_as_
     np.testing.assert_allclose(result.train_loss, separate.train_loss, rtol=1e-5)
 
 
-
 class _TracingRecorder:
     """Wraps a jitted function: notes in `events` when `lower` (the tracing) starts and ends."""
 
@@ -571,14 +571,10 @@ def test_a_step_that_fails_to_trace_raises_instead_of_hanging(copy_task, tmp_pat
     """The work beside the compile waits for the step's tracing: when that fails, the error is raised
     at once and nothing else is compiled."""
     trainer = _trainer(copy_task, tmp_path / "broken", config={"separate_update": separate_update})
-    from bertgen_jax.training import sharding as sh
-    from bertgen_jax.training.data import BatchPosition
-
     _, host_batch = next(trainer.loader.batches(BatchPosition()))
-    bad = sh.shard_batch({key: value for key, value in host_batch.items() if key != "labels"}, trainer.batch_sharding)
-    outcome = {}
-
-    beside = []
+    no_labels = {key: value for key, value in host_batch.items() if key != "labels"}
+    bad = sharding.shard_batch(no_labels, trainer.batch_sharding)
+    outcome, beside = {}, []
 
     def compile_broken():
         try:
@@ -592,6 +588,7 @@ def test_a_step_that_fails_to_trace_raises_instead_of_hanging(copy_task, tmp_pat
     assert not worker.is_alive(), "compile_ahead hung after its tracing failed"
     assert isinstance(outcome.get("error"), KeyError)
     assert not trainer.train_step.programs and not beside
+
 
 def test_resume_gives_the_same_result_as_a_straight_run(copy_task, tmp_path):
     # 14 examples in batches of 4: 4 batches an epoch, so step 3 is mid-epoch and 6 is in epoch 2.
