@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
@@ -184,11 +184,9 @@ class TrainStep:
         turns at the GIL and delay the longest compile (MiniLM bert2bert, the end-to-end job's step,
         alternated three times: 8.5-8.7 -> 8.0-8.2 s to both programs and the start-up work beside
         them; as one program, `JoinedTrainStep`, 11.0-12.0 -> 10.4-11.6 s)."""
-        gate = _Gate()
-        _beside(lambda: self.gradients.compile_ahead(state.params, batch, state.rng, state.params,
-                                                     after_lowering=gate.open),
-                [lambda: self.update.compile_ahead(state, state.params), self._make_first_buffer, *while_compiling],
-                gate)
+        _beside(lambda traced: self.gradients.compile_ahead(state.params, batch, state.rng, state.params,
+                                                            after_lowering=traced),
+                [lambda: self.update.compile_ahead(state, state.params), self._make_first_buffer, *while_compiling])
 
     def _make_first_buffer(self) -> None:
         self.zeros.compile_ahead()
@@ -216,8 +214,7 @@ class JoinedTrainStep:
 
     def compile_ahead(self, state: TrainState, batch, while_compiling: Sequence[Callable[[], object]] = ()) -> None:
         """Compile the program; `while_compiling` runs on a second thread once it is traced."""
-        gate = _Gate()
-        _beside(lambda: self.step.compile_ahead(state, batch, after_lowering=gate.open), while_compiling, gate)
+        _beside(lambda traced: self.step.compile_ahead(state, batch, after_lowering=traced), while_compiling)
 
     def release(self) -> None:
         pass
@@ -225,7 +222,8 @@ class JoinedTrainStep:
 
 class _Gate:
     """Where the second thread of `_beside` waits: opened by the main thread once its program is traced
-    (`open(True)`), or closed for good when that failed (`open(False)`: the jobs are skipped)."""
+    (`open(True)`), or closed when that or anything after it failed (`open(False)`: jobs not yet past
+    the gate are skipped)."""
 
     def __init__(self):
         self._opened, self._traced = threading.Event(), False
@@ -239,24 +237,25 @@ class _Gate:
         return self._traced
 
 
-def _beside(main: Callable[[], object], jobs: Sequence[Callable[[], object]], gate: Optional[_Gate] = None) -> None:
-    """Run `main` here and `jobs`, in order, on one second thread, which first waits for `gate` when
-    given; wait for both, raise the first error (main's first)."""
+def _beside(main: Callable[[Callable[[bool], None]], object], jobs: Sequence[Callable[[], object]]) -> None:
+    """Run `main(traced)` here and `jobs`, in order, on one second thread once `main` has called
+    `traced(True)` (its program is traced; `traced(False)`: skip them); wait for both, raise the first
+    error (main's first)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    gate = _Gate()
+
     def run_jobs():
-        if gate is not None and not gate.wait():
-            return
-        for job in jobs:
-            job()
+        if gate.wait():
+            for job in jobs:
+                job()
 
     with ThreadPoolExecutor(1, thread_name_prefix="bertgen-compile") as pool:
         future = pool.submit(run_jobs)
         try:
-            main()
+            main(gate.open)
         except BaseException:
-            if gate is not None:
-                gate.open(False)  # main failed before opening it: the jobs must not wait forever
+            gate.open(False)  # the jobs must not wait forever for a main that failed
             raise
         future.result()
 
